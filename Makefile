@@ -1,0 +1,40 @@
+# One command each: `make demo` sets everything up and trains; `make test` sets everything up and tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Where a machine keeps the CPU wheel of torch 2.13.0 on disk, use it; otherwise PyPI's CPU index.
+TORCH_SRC := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+JOBS ?= 2
+
+.PHONY: install demo test test-slow test-all bench clean
+
+$(VENV)/.installed: pyproject.toml tests/requirements.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_SRC) torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	# Test-only references. timm is installed without its dependencies because it asks for
+	# torchvision, which has no CPU build here; tests/timm_shim stands in for the few names it imports.
+	$(PIP) install -q --no-deps $$(grep -v '^#' tests/requirements.txt | grep -- '--no-deps' | sed 's/ *--no-deps.*//')
+	$(PIP) install -q $$(grep -v '^#' tests/requirements.txt | grep -v -- '--no-deps')
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/vitkit train --name demo --overwrite
+	$(VENV)/bin/vitkit data export digits runs/demo/held_out --split val --count 6 --seed 0
+	$(VENV)/bin/vitkit predict runs/demo/best.safetensors runs/demo/held_out/*/*.png --top-k 3
+
+test: install
+	$(PY) -m pytest -n $(JOBS) -q
+
+test-slow: install
+	$(PY) -m pytest -n $(JOBS) -q -m slow
+
+test-all: install
+	$(PY) -m pytest -n $(JOBS) -q -m ''
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,193 @@
+"""Scaled dot-product attention: one function for every model, and the modules built on it.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + bias, masked) V
+
+Masks follow one convention everywhere: a boolean mask is True where a query MAY attend to a
+key; a float mask is added to the scores (use -inf to forbid). Masks and biases broadcast to
+the score shape (B, H, Nq, Nk).
+
+`attend` takes PyTorch's fused kernel (`F.scaled_dot_product_attention`) unless the caller asks
+for the weights, in which case it runs the explicit path and returns them too. The explainers
+ask only for the layers they look at; every other layer stays fused.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AttentionResult(NamedTuple):
+    out: Tensor               # (B, H, Nq, Dv)
+    weights: Tensor | None    # (B, H, Nq, Nk) post-softmax, or None on the fused path
+
+
+def causal_mask(n_q: int, n_k: int | None = None, device=None) -> Tensor:
+    """Boolean (Nq, Nk) mask, True on and below the diagonal: query i sees keys 0..i.
+
+    When Nk > Nq the queries are taken to be the last Nq positions (as in cached decoding).
+    """
+    n_k = n_q if n_k is None else n_k
+    return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(diagonal=n_k - n_q)
+
+
+def padding_mask(lengths: Tensor, n_k: int) -> Tensor:
+    """Boolean (B, 1, 1, Nk) mask that is True for the first `lengths[b]` keys of sample b."""
+    keep = torch.arange(n_k, device=lengths.device)[None, :] < lengths[:, None]  # (B, Nk)
+    return keep[:, None, None, :]
+
+
+def merge_masks(mask: Tensor | None, other: Tensor | None) -> Tensor | None:
+    """Combine two masks of either kind into one (boolean AND, or added scores)."""
+    if mask is None or other is None:
+        return other if mask is None else mask
+    if mask.dtype == torch.bool and other.dtype == torch.bool:
+        return mask & other
+    return _as_additive(mask) + _as_additive(other)
+
+
+def _as_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    need_weights: bool = False,
+    logits_hook: Callable[[Tensor], Tensor] | None = None,
+    weights_hook: Callable[[Tensor], Tensor] | None = None,
+) -> AttentionResult:
+    """Scaled dot-product attention.
+
+    q: (B, H, Nq, D), k: (B, H, Nk, D), v: (B, H, Nk, Dv).
+    mask: boolean (True = may attend) or additive, broadcastable to (B, H, Nq, Nk).
+    bias: additive scores, e.g. a relative position bias (H, Nq, Nk).
+    causal: forbid keys after the query (aligned to the end when Nk > Nq).
+    scale: defaults to 1/√D.
+    need_weights: run the explicit path and return the post-softmax weights.
+    logits_hook / weights_hook: transform the scores before / the weights after the softmax
+        (talking-heads attention mixes heads there). Either one forces the explicit path.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if causal:
+        mask = merge_masks(mask, causal_mask(q.shape[-2], k.shape[-2], device=q.device))
+    mask = merge_masks(mask, bias)
+
+    explicit = need_weights or logits_hook is not None or weights_hook is not None
+    if not explicit:
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        return AttentionResult(out, None)
+
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    if logits_hook is not None:
+        scores = logits_hook(scores)
+    weights = scores.softmax(dim=-1)
+    if weights_hook is not None:
+        weights = weights_hook(weights)
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    return AttentionResult(dropped @ v, weights)
+
+
+class AttentionRecorder:
+    """Collects attention weights from the modules it is attached to.
+
+    Attach with `module.recorder = recorder`; detach with `module.recorder = None`. A module with
+    a recorder takes the explicit path and hands its weights (B, H, Nq, Nk) to `record`.
+    `heads` keeps only those heads, so a recorder holds no more than it is asked for.
+    """
+
+    def __init__(self, heads: list[int] | None = None):
+        self.heads = heads
+        self.maps: dict[str, list[Tensor]] = {}
+
+    def record(self, name: str, weights: Tensor) -> None:
+        weights = weights.detach()
+        if self.heads is not None:
+            weights = weights[:, self.heads]
+        self.maps.setdefault(name, []).append(weights)
+
+
+class _AttentionBase(nn.Module):
+    """Shared projection-out and recording logic of self- and cross-attention."""
+
+    recorder: AttentionRecorder | None = None
+    name: str = ""  # set by the recorder helpers to the module's path in the model
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}; pick a head count that divides it")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask, bias, causal) -> Tensor:
+        """q, k, v: (B, H, N, hd) → (B, Nq, D) after the output projection."""
+        res = attend(
+            q, k, v, mask=mask, bias=bias, causal=causal, scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            need_weights=self.recorder is not None,
+        )
+        if self.recorder is not None:
+            self.recorder.record(self.name, res.weights)
+        x = res.out.transpose(1, 2).flatten(2)  # (B, Nq, H·hd)
+        return self.proj_drop(self.proj(x))
+
+
+class Attention(_AttentionBase):
+    """Multi-head self-attention with one fused qkv projection (state-dict keys as timm's)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__(dim, num_heads, attn_drop, proj_drop)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                causal: bool = False) -> Tensor:
+        """x: (B, N, D) → (B, N, D)."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        return self._attend(q, k, v, mask, bias, causal)
+
+
+class CrossAttention(_AttentionBase):
+    """Multi-head attention whose queries come from x and keys/values from a context."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, context_dim: int | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__(dim, num_heads, attn_drop, proj_drop)
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(context_dim or dim, dim * 2, bias=qkv_bias)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                causal: bool = False) -> Tensor:
+        """x: (B, Nq, D), context: (B, Nk, Dc) → (B, Nq, D)."""
+        B, Nq, _ = x.shape
+        Nk = context.shape[1]
+        q = self.q(x).reshape(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Nq, hd)
+        kv = self.kv(context).reshape(B, Nk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # each (B, H, Nk, hd)
+        return self._attend(q, k, v, mask, bias, causal)

@@ -1,0 +1,80 @@
+"""Model names → builders. Names follow timm's, so users find the models they already know."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)  # the ViT release (and timm's augreg weights) normalise to [-1, 1]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str                      # 'vit', 'deit', 'swin', ...
+    config: Any                      # the family's config dataclass with this variant's values
+    builder: Callable[[Any], nn.Module]
+    mean: tuple[float, ...] = HALF   # normalisation the model's weights expect
+    std: tuple[float, ...] = HALF
+    tags: tuple[str, ...] = field(default=())
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def _ensure_models_loaded() -> None:
+    from . import models  # noqa: F401  (importing registers every family)
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_models_loaded()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `vitkit models` lists them all"
+        raise KeyError(f"unknown model {name!r}{hint}")
+    return _REGISTRY[name]
+
+
+def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
+    """Registered model names matching a glob pattern, sorted."""
+    _ensure_models_loaded()
+    return sorted(n for n, e in _REGISTRY.items()
+                  if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family))
+
+
+def model_config(name: str, **overrides) -> Any:
+    """The config a model name stands for, with overrides applied and checked."""
+    entry = get_entry(name)
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"{name} has no option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(fields))}")
+    return dataclasses.replace(entry.config, **overrides)
+
+
+def create_model(name: str, *, checkpoint: str | None = None, **overrides) -> nn.Module:
+    """Build a registered model. `overrides` change config fields: num_classes, img_size, in_chans, depth, ...
+
+    checkpoint: a weights file to load strictly into the model (safetensors, or a pickle read
+    with weights_only=True).
+    """
+    cfg = model_config(name, **overrides)
+    model = get_entry(name).builder(cfg)
+    model.model_name = name
+    if checkpoint is not None:
+        from .weights import load_weights_into
+        load_weights_into(model, checkpoint)
+    return model
