@@ -97,7 +97,7 @@ def attend(
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
-            scores = scores + mask
+            scores = scores + mask.to(scores.dtype)  # as the fused path: a merged mask is float32
     if logits_hook is not None:
         scores = logits_hook(scores)
     weights = scores.softmax(dim=-1)

@@ -147,6 +147,10 @@ class VisionTransformer(nn.Module):
         indices: block indices to return (negative counts from the end); all blocks by default.
         """
         depth = len(self.blocks)
+        bad = [i for i in indices or () if not -depth <= i < depth]
+        if bad:
+            raise IndexError(f"block indices {bad} are out of range for a model with {depth} blocks; "
+                             f"use 0..{depth - 1}, or -{depth}..-1 to count from the end")
         wanted = set(range(depth)) if indices is None else {i % depth for i in indices}
         x = self._pos_embed(self.patch_embed(x))
         taken = []

@@ -1,0 +1,38 @@
+"""`vitkit data`: the embedded data sets, and exporting them as image folders."""
+from __future__ import annotations
+
+from ..data import EMBEDDED, export_images, load_embedded, split
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="list the embedded data sets or export one as image files",
+                       description="Without arguments, list the data sets that ship inside installed packages. "
+                                   "`vitkit data export NAME OUT` writes one as an ImageFolder (OUT/<class>/<i>.png), "
+                                   "e.g. held-out digits to try `vitkit predict` on.")
+    p.add_argument("action", nargs="?", choices=["list", "export"], default="list")
+    p.add_argument("name", nargs="?", help="data set to export (digits, mnist)")
+    p.add_argument("out", nargs="?", help="output folder")
+    p.add_argument("--split", choices=["train", "val", "all"], default="all",
+                   help="which part to export; train/val use the same seeded split as `vitkit train`")
+    p.add_argument("--count", type=int, help="export only the first N images of the part")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0, as vitkit train)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="split fraction (default 0.2, as vitkit train)")
+
+
+def run(args) -> int:
+    if args.action == "list":
+        for name, text in EMBEDDED.items():
+            print(f"{name:8} {text}")
+        return 0
+    if not args.name or not args.out:
+        raise ValueError("usage: vitkit data export NAME OUT, e.g. vitkit data export digits digits_png")
+    dataset = load_embedded(args.name)
+    indices = list(range(len(dataset)))
+    if args.split != "all":
+        train_part, val_part = split(dataset, args.val_fraction, args.seed)
+        indices = list((train_part if args.split == "train" else val_part).indices)
+    if args.count is not None:
+        indices = indices[:args.count]
+    paths = export_images(dataset, args.out, indices)
+    print(f"wrote {len(paths)} images of {args.name} ({args.split}) to {args.out}")
+    return 0

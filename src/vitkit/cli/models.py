@@ -1,0 +1,42 @@
+"""`vitkit models`: the registered models with their parameter counts."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..registry import create_model, get_entry, list_models
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="list the models and their parameter counts",
+                       description="List registered models (named as in timm) with parameter counts, "
+                                   "counted with a 1000-class head unless the model says otherwise.")
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'vit_base*' (default: all)")
+    p.add_argument("--family", help="only this family, e.g. vit")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def count_parameters(name: str) -> int:
+    with torch.device("meta"):  # no memory, no time: shapes only
+        return sum(p.numel() for p in create_model(name).parameters())
+
+
+def run(args) -> int:
+    rows = []
+    for name in list_models(args.pattern, family=args.family):
+        entry, cfg = get_entry(name), get_entry(name).config
+        rows.append({"name": name, "family": entry.family, "params": count_parameters(name),
+                     "img_size": getattr(cfg, "img_size", None), "num_classes": getattr(cfg, "num_classes", None)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'model':<{width}}  {'family':<6}  {'params':>13}  {'input':>7}  classes")
+    for r in rows:
+        size = r["img_size"] if isinstance(r["img_size"], int) else "×".join(map(str, r["img_size"] or ()))
+        print(f"{r['name']:<{width}}  {r['family']:<6}  {r['params']:>13,}  {size:>7}  {r['num_classes']}")
+    return 0

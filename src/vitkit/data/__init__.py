@@ -1,0 +1,10 @@
+"""Data: embedded data sets (digits, mnist), image folders, a stratified split, PNG export, tensor transforms."""
+from .datasets import (EMBEDDED, IMAGE_EXTENSIONS, DataError, ImageFolder, TensorImageDataset, build_dataset,
+                       dataset_classes, dataset_labels, export_images, load_embedded, load_image, split)
+from .transforms import EvalTransform, TrainAugment, center_crop, normalize, random_crop, random_hflip, resize
+
+__all__ = [
+    "EMBEDDED", "IMAGE_EXTENSIONS", "DataError", "EvalTransform", "ImageFolder", "TensorImageDataset",
+    "TrainAugment", "build_dataset", "center_crop", "dataset_classes", "dataset_labels", "export_images",
+    "load_embedded", "load_image", "normalize", "random_crop", "random_hflip", "resize", "split",
+]

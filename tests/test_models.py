@@ -1,0 +1,142 @@
+"""Every registered model, shrunk to a tiny size, on the CPU: the common face works and trains.
+
+The checks run over `vitkit.list_models()`, so a model family added later is tested by registering
+it. `tiny_overrides` shrinks a model through its config fields; a family whose config names its
+sizes differently should teach it those names.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitkit
+
+BATCH = 2
+HEAD_DIM = 8  # tiny models keep their head count and give each head this width
+
+
+def tiny_overrides(name: str) -> dict:
+    """Config overrides that shrink model `name` to a few thousand parameters, from its config fields.
+
+    depth → 2 (per-stage depths → 1), embed_dim → num_heads·HEAD_DIM, img_size → 2·patch_size
+    (two patches a side). A field the config lacks is left alone.
+    """
+    cfg = vitkit.model_config(name)
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    over: dict = {}
+    depth = getattr(cfg, "depth", None)
+    if isinstance(depth, int):
+        over["depth"] = min(depth, 2)
+    depths = getattr(cfg, "depths", None)
+    if isinstance(depths, (tuple, list)):
+        over["depths"] = type(depths)(1 for _ in depths)
+    heads = getattr(cfg, "num_heads", None)
+    if "embed_dim" in fields and isinstance(heads, int):
+        over["embed_dim"] = min(cfg.embed_dim, heads * HEAD_DIM)
+    patch = getattr(cfg, "patch_size", None)
+    if "img_size" in fields and isinstance(patch, int):
+        size = cfg.img_size if isinstance(cfg.img_size, int) else max(cfg.img_size)
+        over["img_size"] = min(size, 2 * patch)
+    return over
+
+
+def expected_blocks(overrides: dict) -> int:
+    """How many per-block outputs forward_intermediates should return for a tiny model."""
+    if "depths" in overrides:
+        return sum(overrides["depths"])
+    return overrides["depth"]
+
+
+def build(name: str) -> tuple[torch.nn.Module, torch.Tensor, dict]:
+    """The tiny model, a random batch (B, C, H, W) of the size it is built for, and the overrides."""
+    over = tiny_overrides(name)
+    cfg = vitkit.model_config(name, **over)
+    h, w = (cfg.img_size, cfg.img_size) if isinstance(cfg.img_size, int) else cfg.img_size
+    return vitkit.create_model(name, **over), torch.randn(BATCH, cfg.in_chans, h, w), over
+
+
+MODELS = vitkit.list_models()
+
+
+def test_registry_is_not_empty():
+    assert len(MODELS) >= 20
+    assert "vit_base_patch16_224" in MODELS
+
+
+def test_tiny_overrides_shrink_a_vit():
+    over = tiny_overrides("vit_huge_patch14_224")
+    assert over == {"depth": 2, "embed_dim": 16 * HEAD_DIM, "img_size": 28}
+    assert tiny_overrides("vit_pico_patch2_8")["img_size"] == 4
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape_and_finite(name):
+    model, x, _ = build(name)
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (BATCH, vitkit.model_config(name).num_classes)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_backward_reaches_every_parameter(name):
+    model, x, _ = build(name)
+    model.train()
+    target = torch.randint(0, model.num_classes, (BATCH,))
+    loss = F.cross_entropy(model(x), target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trained
+    missing = [n for n, p in trained if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    bad = [n for n, p in trained if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradient for {bad}"
+    zero = [n for n, p in trained if not p.grad.any()]
+    assert len(zero) <= 0.1 * len(trained), f"all-zero gradient for {zero}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_classifier(name):
+    model, x, _ = build(name)
+    model.eval()
+    model.reset_classifier(5)
+    assert model.num_classes == 5
+    with torch.no_grad():
+        assert model(x).shape == (BATCH, 5)
+        model.reset_classifier(0)
+        assert model.num_classes == 0
+        feats = model(x)
+        assert feats.shape == (BATCH, model.num_features)
+        torch.testing.assert_close(feats, model.forward_head(model.forward_features(x), pre_logits=True))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_and_head(name):
+    model, x, _ = build(name)
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[0] == BATCH
+        assert model.forward_head(feats, pre_logits=True).shape == (BATCH, model.num_features)
+        torch.testing.assert_close(model.forward_head(feats), model(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates(name):
+    model, x, over = build(name)
+    model.eval()
+    with torch.no_grad():
+        final, per_block = model.forward_intermediates(x)
+        feats = model.forward_features(x)
+        last_only = model.forward_intermediates(x, indices=[-1])[1]
+    torch.testing.assert_close(final, feats, rtol=0, atol=1e-6)
+    assert len(per_block) == expected_blocks(over)
+    assert all(t.shape[0] == BATCH for t in per_block)
+    assert len(last_only) == 1
+    torch.testing.assert_close(last_only[0], per_block[-1], rtol=0, atol=0)
+    assert not torch.equal(per_block[0], per_block[-1])  # one output per block, not one repeated
