@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,19 +149,30 @@ def test_sincos_1d_properties():
         sincos_1d(4, 7)
 
 
-def test_sincos_2d_rows_then_columns():
-    Gh, Gw, dim = 3, 5, 16
-    pe = sincos_2d(Gh, Gw, dim)
-    assert pe.shape == (Gh * Gw, dim)
-    grid = pe.reshape(Gh, Gw, dim)  # row-major patch order
-    rows, cols = grid[..., : dim // 2], grid[..., dim // 2:]
-    assert (rows == rows[:, :1]).all()   # first half: the same along a row (depends on the row only)
-    assert (cols == cols[:1]).all()      # second half: the same down a column (depends on the column only)
-    torch.testing.assert_close(rows[:, 0], sincos_1d(Gh, dim // 2))
-    torch.testing.assert_close(cols[0], sincos_1d(Gw, dim // 2))
-    assert not torch.allclose(rows[0, 0], rows[1, 0]) and not torch.allclose(cols[0, 0], cols[0, 1])
-    with pytest.raises(ValueError, match="divisible by 4"):
-        sincos_2d(2, 2, 18)
+def _mae_2d_sincos(grid_h, grid_w, dim):
+    """MAE's get_2d_sincos_pos_embed (facebookresearch/mae, util/pos_embed.py), restated in numpy
+    and extended to non-square grids: column half first, then row; sines before cosines."""
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    grid = np.stack(np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64)), axis=0)
+    return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+
+
+@pytest.mark.parametrize("grid_h,grid_w,dim", [(14, 14, 64), (4, 6, 16), (7, 3, 32)])
+def test_sincos_2d_matches_mae(grid_h, grid_w, dim):
+    ours = sincos_2d(grid_h, grid_w, dim).double().numpy()
+    np.testing.assert_allclose(ours, _mae_2d_sincos(grid_h, grid_w, dim), atol=1e-6)
+
+
+def test_sincos_2d_columns_then_rows():
+    Gh, Gw, dim = 4, 6, 16
+    grid = sincos_2d(Gh, Gw, dim).reshape(Gh, Gw, dim)  # row-major patch order
+    cols, rows = grid[..., : dim // 2], grid[..., dim // 2:]
+    assert (cols == cols[:1]).all()      # first half: the same down a column (depends on the column only)
+    assert (rows == rows[:, :1]).all()   # second half: the same along a row (depends on the row only)
+    assert not torch.allclose(cols[0, 0], cols[0, 1]) and not torch.allclose(rows[0, 0], rows[1, 0])
 
 
 def test_resample_identity_when_sizes_equal():

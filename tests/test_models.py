@@ -24,6 +24,8 @@ def tiny_overrides(name: str) -> dict:
     depth → 2 (per-stage depths → 1), embed_dim → num_heads·HEAD_DIM, img_size → 2·patch_size
     (two patches a side). A field the config lacks is left alone.
     """
+    if vitkit.get_entry(name).tiny:  # the family says how to shrink it
+        return dict(vitkit.get_entry(name).tiny)
     cfg = vitkit.model_config(name)
     fields = {f.name for f in dataclasses.fields(cfg)}
     over: dict = {}
@@ -41,13 +43,6 @@ def tiny_overrides(name: str) -> dict:
         size = cfg.img_size if isinstance(cfg.img_size, int) else max(cfg.img_size)
         over["img_size"] = min(size, 2 * patch)
     return over
-
-
-def expected_blocks(overrides: dict) -> int:
-    """How many per-block outputs forward_intermediates should return for a tiny model."""
-    if "depths" in overrides:
-        return sum(overrides["depths"])
-    return overrides["depth"]
 
 
 def build(name: str) -> tuple[torch.nn.Module, torch.Tensor, dict]:
@@ -135,8 +130,12 @@ def test_forward_intermediates(name):
         feats = model.forward_features(x)
         last_only = model.forward_intermediates(x, indices=[-1])[1]
     torch.testing.assert_close(final, feats, rtol=0, atol=1e-6)
-    assert len(per_block) == expected_blocks(over)
-    assert all(t.shape[0] == BATCH for t in per_block)
+    # one tensor per block (isotropic models) or per stage (hierarchical ones), as feature_info lists
+    assert len(per_block) == len(model.feature_info)
+    if "depth" in over and hasattr(model, "blocks"):
+        assert len(per_block) == over["depth"]
+    for t, info in zip(per_block, model.feature_info):
+        assert t.shape[0] == BATCH and info["num_chs"] in (t.shape[1], t.shape[-1])
     assert len(last_only) == 1
     torch.testing.assert_close(last_only[0], per_block[-1], rtol=0, atol=0)
     assert not torch.equal(per_block[0], per_block[-1])  # one output per block, not one repeated

@@ -23,6 +23,7 @@ class ModelEntry:
     mean: tuple[float, ...] = HALF   # normalisation the model's weights expect
     std: tuple[float, ...] = HALF
     tags: tuple[str, ...] = field(default=())
+    tiny: dict = field(default_factory=dict)  # options that shrink it to a smoke-test size (tests, docs)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

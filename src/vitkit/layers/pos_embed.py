@@ -22,18 +22,23 @@ def sincos_1d(positions: int | Tensor, dim: int, base: float = 10000.0) -> Tenso
 
 
 def sincos_2d(grid_h: int, grid_w: int, dim: int, base: float = 10000.0) -> Tensor:
-    """2-D sin-cos (MAE, MoCo v3): first half of the channels encodes the row, second the column.
+    """Fixed 2-D sin-cos embedding, laid out exactly as MAE's `get_2d_sincos_pos_embed`.
 
-    Returns (grid_h · grid_w, dim) in row-major patch order.
+    The first half of the channels encodes the column (x), the second half the row (y); each half
+    is [sin(x·ω), cos(x·ω)] with ω_i = base^(-i / (dim/4)). Returns (grid_h · grid_w, dim) in
+    row-major patch order.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos embeddings need dim divisible by 4, got {dim}")
-    rows = sincos_1d(grid_h, dim // 2, base)  # (Gh, dim/2)
-    cols = sincos_1d(grid_w, dim // 2, base)  # (Gw, dim/2)
-    return torch.cat([
-        rows[:, None, :].expand(grid_h, grid_w, -1),
-        cols[None, :, :].expand(grid_h, grid_w, -1),
-    ], dim=-1).reshape(grid_h * grid_w, dim)
+    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32),
+                            indexing="ij")  # each (Gh, Gw)
+    omega = base ** (-torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # (dim/4,)
+
+    def half(pos: Tensor) -> Tensor:
+        angles = pos.flatten()[:, None] * omega[None, :]  # (Gh·Gw, dim/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (Gh·Gw, dim/2)
+
+    return torch.cat([half(xs), half(ys)], dim=1)
 
 
 def resample_abs_pos_embed(

@@ -95,6 +95,9 @@ class VisionTransformer(nn.Module):
         else:
             self.pre_logits = nn.Identity()
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        # One entry per tensor forward_intermediates returns (timm's convention): width and stride.
+        self.feature_info = [{"num_chs": D, "reduction": self.patch_embed.patch_size[0], "module": f"blocks.{i}"}
+                             for i in range(cfg.depth)]
         self.init_weights()
 
     def _extra_prefix_tokens(self) -> int:
