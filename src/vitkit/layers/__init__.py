@@ -3,13 +3,13 @@ from .attention import (Attention, AttentionRecorder, AttentionResult, CrossAtte
                         merge_masks, padding_mask)
 from .block import Block, LayerNorm6
 from .drop import DropPath, drop_path, drop_path_rates
-from .layer_scale import LayerScale
+from .layer_scale import LayerScale, layer_scale, layer_scale_gain
 from .mlp import Mlp
 from .patch_embed import ImageSizeError, PatchEmbed, to_2tuple
 from .pos_embed import resample_abs_pos_embed, sincos_1d, sincos_2d
 
 __all__ = [
     "Attention", "AttentionRecorder", "AttentionResult", "Block", "CrossAttention", "DropPath", "ImageSizeError",
-    "LayerNorm6", "LayerScale", "Mlp", "PatchEmbed", "attend", "causal_mask", "drop_path", "drop_path_rates",
+    "LayerNorm6", "LayerScale", "layer_scale", "layer_scale_gain", "Mlp", "PatchEmbed", "attend", "causal_mask", "drop_path", "drop_path_rates",
     "merge_masks", "padding_mask", "resample_abs_pos_embed", "sincos_1d", "sincos_2d", "to_2tuple",
 ]

@@ -61,8 +61,7 @@ class VisionTransformer(nn.Module):
         self.global_pool = cfg.global_pool
         self.num_prefix_tokens = int(cfg.class_token) + cfg.reg_tokens + self._extra_prefix_tokens()
 
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D,
-                                      dynamic=cfg.dynamic_img_size, pad=cfg.dynamic_img_pad)
+        self.patch_embed = self._make_patch_embed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
         n_pos = self.patch_embed.num_patches + self.num_prefix_tokens
@@ -98,11 +97,23 @@ class VisionTransformer(nn.Module):
         # One entry per tensor forward_intermediates returns (timm's convention): width and stride.
         self.feature_info = [{"num_chs": D, "reduction": self.patch_embed.patch_size[0], "module": f"blocks.{i}"}
                              for i in range(cfg.depth)]
+        self._build_extra_modules()
         self.init_weights()
+
+    def _make_patch_embed(self, cfg: ViTConfig) -> nn.Module:
+        """The image → token grid module, (B, C, H, W) → (B, Hp, Wp, D). A subclass may return another one (the
+        hybrid ViT: a ResNet whose feature map is projected); it needs `grid_size`, `num_patches`, `patch_size`
+        and a Conv2d `proj`."""
+        return PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
+                          dynamic=cfg.dynamic_img_size, pad=cfg.dynamic_img_pad)
 
     def _extra_prefix_tokens(self) -> int:
         """Prefix tokens a subclass adds after [CLS] and the registers (DeiT: the distillation token)."""
         return 0
+
+    def _build_extra_modules(self) -> None:
+        """Where a subclass adds its own modules (DeiT: the distillation token and head): after the standard
+        ones are built and before init_weights, so that initialisation stays in one place."""
 
     def init_weights(self) -> None:
         """Learned position embeddings: truncated normal, std 0.02. [CLS] and register tokens: normal, std 1e-6.

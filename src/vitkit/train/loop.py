@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         model.train()
-        aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
+        aug_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # CPU: draws offsets, not pixels
         loss_sum, seen = 0.0, 0
         bar = tqdm(_loader(train_set, cfg, shuffle=True, epoch=epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False, dynamic_ncols=True)
