@@ -10,7 +10,7 @@ class TrainConfig:
     data: str = "digits"                 # embedded set ('digits', 'mnist') or an ImageFolder directory
     name: str | None = None              # run folder under runs_dir; default "<model>-<data>"
     runs_dir: str = "runs"               # where run folders go
-    epochs: int = 100                    # passes over the training split
+    epochs: int = 200                    # passes over the training split
     batch_size: int = 64                 # images per optimiser step
     lr: float = 2e-3                     # peak learning rate (after warm-up)
     min_lr_ratio: float = 0.01           # cosine decays to lr · min_lr_ratio
