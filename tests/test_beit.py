@@ -9,7 +9,8 @@ from vitkit.layers.attention import AttentionRecorder
 from vitkit.layers.patch_embed import ImageSizeError
 from vitkit.models.beit import BEIT_TINY, BeitAttention
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import TOL, max_logit_diff, meta_model, n_params, perturb, redraw_normal, timm_pair
+
 NAMES = ["beit_base_patch16_224", "beit_large_patch16_224"]
 PARAM_COUNTS = {  # with the 1000-class head
     "beit_base_patch16_224": 86_530_984,
@@ -17,30 +18,10 @@ PARAM_COUNTS = {  # with the 1000-class head
 }
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(name: str, **overrides) -> torch.nn.Module:
-    with torch.device("meta"):
-        return vitkit.create_model(name, **overrides)
-
-
 # ---- 1. parameter counts and keys ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_param_count(name):
     assert n_params(meta_model(name)) == PARAM_COUNTS[name]
-
-
-@pytest.mark.timm
-@pytest.mark.parametrize("name", NAMES)
-def test_architecture_matches_timm(timm, name):
-    ours = meta_model(name)
-    with torch.device("meta"):
-        theirs = timm.create_model(name, pretrained=False)
-    assert n_params(ours) == n_params(theirs)
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
 
 
 def test_keys_are_timms_beit_names():
@@ -58,36 +39,14 @@ def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Noise on the degenerate tensors (zero q/v biases, unit norms, LayerScale gains), a large one on the zero-init
     relative position bias tables, and a plain random head: BEiT scales its head by 0.001 at init, which would
     leave logits too small to show a mistake."""
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("relative_position_bias_table"):
-                p.normal_(std=1.0)
-            elif n == "head.weight":
-                p.normal_(std=0.1)
-            elif p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model
-
-
-def _timm_pair(timm, name: str, **overrides):
-    theirs = _perturb(timm.create_model(name, pretrained=False, **overrides)).eval()
-    ours = vitkit.create_model(name, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    assert (b[0] - b[1]).abs().max() > 100 * TOL  # the logits depend on the input: a real comparison
-    return (a - b).abs().max().item()
+    return perturb(model, params={"*relative_position_bias_table": redraw_normal(1.0),
+                                  "head.weight": redraw_normal(0.1)})
 
 
 @pytest.mark.timm
 def test_timm_parity(timm):
-    ours, theirs = _timm_pair(timm, "beit_base_patch16_224", depth=2)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, "beit_base_patch16_224", perturb_with=_perturb, depth=2)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224), min_spread=100 * TOL) <= TOL
 
 
 NARROW = dict(depth=2, embed_dim=64, num_heads=4)
@@ -102,15 +61,15 @@ OPTIONS = [
 @pytest.mark.timm
 @pytest.mark.parametrize("overrides", OPTIONS, ids=str)
 def test_timm_parity_options(timm, overrides):
-    ours, theirs = _timm_pair(timm, "beit_base_patch16_224", **NARROW, **overrides)
+    ours, theirs = timm_pair(timm, "beit_base_patch16_224", perturb_with=_perturb, **NARROW, **overrides)
     size = overrides.get("img_size", 224)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, size, size)) <= TOL
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, size, size), min_spread=100 * TOL) <= TOL
 
 
 @pytest.mark.timm
 def test_timm_intermediates(timm):
     """Our per-block tokens (B, N, D), without [CLS] and laid out as a grid, are timm's NCHW intermediates."""
-    ours, theirs = _timm_pair(timm, "beit_base_patch16_224", **NARROW)
+    ours, theirs = timm_pair(timm, "beit_base_patch16_224", perturb_with=_perturb, **NARROW)
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         final, blocks = ours.forward_intermediates(x)
@@ -126,8 +85,8 @@ def test_timm_intermediates(timm):
 @pytest.mark.timm
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_parity_full_size(timm, name):
-    ours, theirs = _timm_pair(timm, name)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224), min_spread=100 * TOL) <= TOL
 
 
 # ---- 3. the relative position bias and attention -----------------------------------------------------------------

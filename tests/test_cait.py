@@ -12,17 +12,9 @@ from vitkit.layers import Attention, AttentionRecorder
 from vitkit.layers.attention import _AttentionBase
 from vitkit.models.cait import ClassAttention, ClassAttentionBlock, TalkingHeadAttention, cait_config
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import TOL, max_logit_diff, meta_model, n_params, perturb, redraw_uniform, scale_by, timm_pair
+
 NAMES = ["cait_xxs24_224", "cait_s24_224"]
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(name: str, **overrides) -> torch.nn.Module:
-    with torch.device("meta"):
-        return vitkit.create_model(name, **overrides)
 
 
 def tiny(name: str = "cait_xxs24_224", **overrides) -> torch.nn.Module:
@@ -47,17 +39,6 @@ PARAM_COUNTS = {"cait_xxs24_224": 11_956_264, "cait_s24_224": 46_916_200}  # wit
 @pytest.mark.parametrize("name", PARAM_COUNTS)
 def test_param_count(name):
     assert n_params(meta_model(name)) == PARAM_COUNTS[name]
-
-
-@pytest.mark.timm
-@pytest.mark.parametrize("name", NAMES)
-def test_architecture_matches_timm(timm, name):
-    """Same parameter count, and the same state-dict keys with the same shapes, as timm's model of that name."""
-    ours = meta_model(name)
-    with torch.device("meta"):
-        theirs = timm.create_model(name, pretrained=False)
-    assert n_params(ours) == n_params(theirs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
 
 
 def test_layer_scale_gains_use_timm_keys():
@@ -109,31 +90,11 @@ def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     shrink any branch's error away; query/key weights 4× larger and head-mixing weights std 0.5, since at
     std 0.02 every attention map is nearly uniform and mixing it would barely count. Other weights are random
     already."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "gamma" in name:
-                p.uniform_(0.1, 0.5)
-            elif p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.02)
-            elif name.endswith(("qkv.weight", "attn.q.weight", "attn.k.weight")):
-                p.mul_(4.0)
-            elif name.endswith(("proj_l.weight", "proj_w.weight")):
-                p.mul_(25.0)
-    return model
-
-
-def _timm_pair(timm, name: str, **overrides):
-    theirs = _perturb(timm.create_model(name, pretrained=False, **overrides)).eval()
-    ours = vitkit.create_model(name, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], ours.num_classes)
-    return (a - b).abs().max().item()
+    return perturb(model, params={
+        "*gamma*": redraw_uniform(0.1, 0.5),
+        "*qkv.weight": scale_by(4.0), "*attn.q.weight": scale_by(4.0), "*attn.k.weight": scale_by(4.0),
+        "*proj_l.weight": scale_by(25.0), "*proj_w.weight": scale_by(25.0),
+    })
 
 
 # Reduced depth here (timm's Cait takes depth and depth_token_only too); full depth is in the slow tests.
@@ -147,14 +108,14 @@ PARITY = [
 @pytest.mark.timm
 @pytest.mark.parametrize("name,overrides", PARITY, ids=[f"{n}-{o}" for n, o in PARITY])
 def test_timm_parity(timm, name, overrides):
-    ours, theirs = _timm_pair(timm, name, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 @pytest.mark.timm
 def test_timm_parity_of_intermediates(timm):
     """Per-block patch tokens and the final tokens equal timm's (its 'NLC' format)."""
-    ours, theirs = _timm_pair(timm, "cait_xxs24_224", depth=3, img_size=64)
+    ours, theirs = timm_pair(timm, "cait_xxs24_224", perturb_with=_perturb, depth=3, img_size=64)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         final, blocks = ours.forward_intermediates(x, indices=[0, -1])
@@ -169,8 +130,8 @@ def test_timm_parity_of_intermediates(timm):
 @pytest.mark.timm
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_parity_full_size(timm, name):
-    ours, theirs = _timm_pair(timm, name)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. talking-heads attention -----------------------------------------------------------------------------

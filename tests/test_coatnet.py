@@ -14,15 +14,13 @@ from vitkit.layers.patch_embed import ImageSizeError
 from vitkit.layers.rel_pos import RelativePositionBias
 from vitkit.models.maxxvit import Attention2d, TransformerBlock2d
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import (BN_STATS_NOISE, TOL, add_noise, max_logit_diff, meta_model, n_params, pair_with, perturb,
+                    timm_pair)
+
 NAMES = ["coatnet_0_rw_224", "coatnet_nano_rw_224"]
 TIMM_CFG = {"coatnet_0_rw_224": "coatnet_0_rw", "coatnet_nano_rw_224": "coatnet_nano_rw"}
 REDUCED = dict(embed_dim=(32, 64, 96, 128), depths=(1, 2, 2, 1), stem_width=(16, 32))  # strided and not
 PARAM_COUNTS = {"coatnet_0_rw_224": 27_435_562, "coatnet_nano_rw_224": 15_141_244}  # timm's, 1000 classes
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def tiny(name: str = "coatnet_0_rw_224", **overrides) -> torch.nn.Module:
@@ -32,43 +30,13 @@ def tiny(name: str = "coatnet_0_rw_224", **overrides) -> torch.nn.Module:
 def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Make every tensor matter: noise on zero/one-initialised parameters, large noise on the position tables
     (at init scale a wrongly indexed table moves logits by barely 1e-4), and non-trivial BatchNorm statistics."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.add_(torch.randn_like(p))
-            elif p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.02)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.add_(torch.randn_like(b) * 0.1)
-            elif name.endswith("running_var"):
-                b.mul_(1 + torch.rand_like(b))
-    return model
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    return (a - b).abs().max().item()
+    return perturb(model, params={"*relative_position_bias_table*": add_noise(1.0)}, buffers=BN_STATS_NOISE)
 
 
 # ---- 1. parameter counts and state-dict layout ------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_param_count(name):
-    with torch.device("meta"):
-        assert n_params(vitkit.create_model(name)) == PARAM_COUNTS[name]
-
-
-@pytest.mark.timm
-@pytest.mark.parametrize("name", NAMES)
-def test_architecture_matches_timm(timm, name):
-    """Same parameter count and the same state-dict keys and shapes as timm's model of that name."""
-    with torch.device("meta"):
-        ours, theirs = vitkit.create_model(name), timm.create_model(name, pretrained=False)
-    assert n_params(ours) == n_params(theirs) == PARAM_COUNTS[name]
-    assert ({k: v.shape for k, v in ours.state_dict().items()} ==
-            {k: v.shape for k, v in theirs.state_dict().items()})
+    assert n_params(meta_model(name)) == PARAM_COUNTS[name]
 
 
 @pytest.mark.timm
@@ -85,20 +53,17 @@ def test_normalisation_matches_timm(timm, name):
 def test_timm_parity_reduced(timm, name):
     """timm's MaxxVit built from a narrowed, shallower copy of its config, and ours from the same overrides."""
     from timm.models.maxxvit import MaxxVit, model_cfgs
-    theirs = _perturb(MaxxVit(dataclasses.replace(model_cfgs[TIMM_CFG[name]], **REDUCED), img_size=224)).eval()
-    ours = vitkit.create_model(name, **REDUCED).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    assert _max_logit_diff(ours, theirs, torch.randn(1, 3, 224, 224)) <= TOL
+    theirs = MaxxVit(dataclasses.replace(model_cfgs[TIMM_CFG[name]], **REDUCED), img_size=224)
+    ours, theirs = pair_with(theirs, name, perturb_with=_perturb, **REDUCED)
+    assert max_logit_diff(ours, theirs, torch.randn(1, 3, 224, 224)) <= TOL
 
 
 @pytest.mark.slow
 @pytest.mark.timm
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_parity_full_size(timm, name):
-    theirs = _perturb(timm.create_model(name, pretrained=False)).eval()
-    ours = vitkit.create_model(name).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. relative attention -------------------------------------------------------------------------------------

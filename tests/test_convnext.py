@@ -10,27 +10,16 @@ from vitkit.layers.conv import ConvMlp, LayerNorm2d
 from vitkit.models.convnext import ConvNeXtBlock
 from vitkit.registry import IMAGENET_MEAN
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import TOL, max_logit_diff, meta_model, n_params, pair_with, perturb, timm_pair
+
 NAMES = ["convnext_atto", "convnext_tiny"]
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(name: str, **overrides) -> torch.nn.Module:
-    with torch.device("meta"):
-        return vitkit.create_model(name, **overrides)
-
-
-def perturb(model: torch.nn.Module) -> torch.nn.Module:
+def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Make the degenerate initial values (zero biases, unit norms, γ = 1e-6) random, so they hide no mistakes:
-    with γ at 1e-6 every block is nearly the identity and a wrong block would barely move the logits."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.2)
-    return model
+    with γ at 1e-6 every block is nearly the identity and a wrong block would barely move the logits. Hence
+    noise 10× the common scale."""
+    return perturb(model, scale=0.2)
 
 
 # ---- 1. parameter counts ------------------------------------------------------------------------------------
@@ -42,17 +31,6 @@ def test_param_count(name):
     assert n_params(meta_model(name)) == PARAM_COUNTS[name]
 
 
-@pytest.mark.timm
-@pytest.mark.parametrize("name", NAMES)
-def test_architecture_matches_timm(timm, name):
-    """Same parameter count, and the same state-dict keys with the same shapes, as timm's model of that name."""
-    ours = meta_model(name)
-    with torch.device("meta"):
-        theirs = timm.create_model(name, pretrained=False)
-    assert n_params(ours) == n_params(theirs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-
-
 def test_atto_uses_conv_mlp_and_tiny_does_not():
     assert vitkit.model_config("convnext_atto").conv_mlp and not vitkit.model_config("convnext_tiny").conv_mlp
     assert meta_model("convnext_atto").state_dict()["stages.0.blocks.0.mlp.fc1.weight"].shape == (160, 40, 1, 1)
@@ -60,20 +38,6 @@ def test_atto_uses_conv_mlp_and_tiny_does_not():
 
 
 # ---- 2. equal to timm ---------------------------------------------------------------------------------------
-def _timm_pair(timm, name: str, **overrides):
-    theirs = perturb(timm.create_model(name, pretrained=False, **overrides)).eval()
-    ours = vitkit.create_model(name, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    return (a - b).abs().max().item()
-
-
 PARITY = [("convnext_atto", {}), ("convnext_tiny", {"depths": (1, 1, 3, 1)})]
 
 
@@ -81,24 +45,23 @@ PARITY = [("convnext_atto", {}), ("convnext_tiny", {"depths": (1, 1, 3, 1)})]
 @pytest.mark.parametrize("name,overrides", PARITY, ids=[f"{n}-{o}" for n, o in PARITY])
 def test_timm_parity(timm, name, overrides):
     """64×64 keeps it fast; every stage still runs (the last one on a 2×2 map)."""
-    ours, theirs = _timm_pair(timm, name, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 64, 64)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 64, 64)) <= TOL
 
 
 @pytest.mark.timm
 def test_timm_parity_without_layer_scale(timm):
     """ls_init_value=None drops γ. (timm's create_model discards None options, so build its class directly.)"""
     opts = dict(depths=(1, 1, 1, 1), dims=(40, 80, 160, 320), conv_mlp=True)
-    theirs = perturb(timm.models.convnext.ConvNeXt(**opts, ls_init_value=None)).eval()
-    ours = vitkit.create_model("convnext_atto", **opts, ls_init_value=None).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
+    ours, theirs = pair_with(timm.models.convnext.ConvNeXt(**opts, ls_init_value=None), "convnext_atto",
+                             perturb_with=_perturb, **opts, ls_init_value=None)
     assert "stages.0.blocks.0.gamma" not in ours.state_dict()
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 96, 96)) <= TOL
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 96, 96)) <= TOL
 
 
 @pytest.mark.timm
 def test_intermediates_and_pre_logits_match_timm(timm):
-    ours, theirs = _timm_pair(timm, "convnext_atto", depths=(1, 1, 1, 1))
+    ours, theirs = timm_pair(timm, "convnext_atto", perturb_with=_perturb, depths=(1, 1, 1, 1))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         final, stages = ours.forward_intermediates(x)
@@ -116,15 +79,15 @@ def test_intermediates_and_pre_logits_match_timm(timm):
 @pytest.mark.timm
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_parity_full_size(timm, name):
-    ours, theirs = _timm_pair(timm, name)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. layers ------------------------------------------------------------------------------------------------
 def test_conv_mlp_block_equals_linear_block():
     """conv_mlp only changes the weights' shapes: with the same numbers both blocks compute the same map."""
     linear, conv = ConvNeXtBlock(16, conv_mlp=False).eval(), ConvNeXtBlock(16, conv_mlp=True).eval()
-    perturb(linear)
+    _perturb(linear)
     state = {k: v.reshape(conv.state_dict()[k].shape) for k, v in linear.state_dict().items()}
     conv.load_state_dict(state)
     assert isinstance(conv.mlp, ConvMlp) and isinstance(conv.norm, LayerNorm2d)
@@ -145,7 +108,7 @@ def test_layer_norm_2d_normalises_channels_per_pixel():
 @pytest.mark.timm
 def test_layer_norm_2d_matches_timm(timm):
     ours, theirs = LayerNorm2d(8), timm.layers.LayerNorm2d(8)
-    perturb(theirs)
+    _perturb(theirs)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 8, 3, 4)
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-6)

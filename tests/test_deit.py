@@ -10,19 +10,11 @@ from vitkit.models import VisionTransformer
 from vitkit.models.deit import DistilledVisionTransformer
 from vitkit.registry import IMAGENET_MEAN, IMAGENET_STD
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import TOL, max_logit_diff, meta_model, n_params, timm_pair
+
 SIZES = ("tiny", "small", "base")
 PLAIN = [f"deit_{s}_patch16_224" for s in SIZES]
 DISTILLED = [f"deit_{s}_distilled_patch16_224" for s in SIZES]
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(name: str, **overrides) -> torch.nn.Module:
-    with torch.device("meta"):
-        return vitkit.create_model(name, **overrides)
 
 
 def tiny(name: str, **overrides) -> torch.nn.Module:
@@ -46,17 +38,6 @@ def test_param_count(name):
     assert n_params(meta_model(name)) == PARAM_COUNTS[name]
 
 
-@pytest.mark.timm
-@pytest.mark.parametrize("name", PARAM_COUNTS)
-def test_architecture_matches_timm(timm, name):
-    """Same parameter count and the same state-dict keys with the same shapes as timm's model of that name."""
-    ours = meta_model(name)
-    with torch.device("meta"):
-        theirs = timm.create_model(name, pretrained=False)
-    assert n_params(ours) == n_params(theirs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-
-
 @pytest.mark.parametrize("size", SIZES)
 def test_registry_entries(size):
     """A plain DeiT is exactly the ViT of its size; both kinds expect ImageNet normalisation."""
@@ -71,22 +52,7 @@ def test_registry_entries(size):
 
 
 # ---- 2. equal to timm ---------------------------------------------------------------------------------------
-def _perturb(model: torch.nn.Module) -> torch.nn.Module:
-    """Noise on the parameters that start degenerate (zero biases, unit norms, tiny tokens), so they hide nothing."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model
-
-
-def _timm_pair(timm, name: str, **overrides):
-    theirs = _perturb(timm.create_model(name, pretrained=False, **overrides)).eval()
-    ours = vitkit.create_model(name, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
+# The common perturbation (parity.perturb: noise on biases, norms and the tokens) is all a DeiT needs.
 # At depth 2 here (same widths, same code, a sixth of the time); full depth is in the slow tests.
 PARITY = [(n, {"depth": 2}) for n in PLAIN + DISTILLED]
 
@@ -94,19 +60,15 @@ PARITY = [(n, {"depth": 2}) for n in PLAIN + DISTILLED]
 @pytest.mark.timm
 @pytest.mark.parametrize("name,overrides", PARITY, ids=[f"{n}-{o}" for n, o in PARITY])
 def test_timm_parity(timm, name, overrides):
-    ours, theirs = _timm_pair(timm, name, **overrides)
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (2, 1000)
-    assert (a - b).abs().max().item() <= TOL
+    ours, theirs = timm_pair(timm, name, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 @pytest.mark.timm
 @pytest.mark.parametrize("name", DISTILLED)
 def test_timm_parity_distilled_training(timm, name):
     """In training mode with distilled training on, both return (class logits, distillation logits), equal."""
-    ours, theirs = _timm_pair(timm, name, depth=2)
+    ours, theirs = timm_pair(timm, name, depth=2)
     ours.train().set_distilled_training(True)
     theirs.train().set_distilled_training(True)
     x = torch.randn(2, 3, 224, 224)
@@ -122,20 +84,16 @@ def test_timm_parity_distilled_training(timm, name):
 @pytest.mark.timm
 def test_timm_parity_dynamic_img_size(timm):
     """Built at 224, run at 160×192: both resample the position embeddings past the two prefix tokens alike."""
-    ours, theirs = _timm_pair(timm, "deit_tiny_distilled_patch16_224", depth=2, dynamic_img_size=True)
-    x = torch.randn(2, 3, 160, 192)
-    with torch.no_grad():
-        assert (ours(x) - theirs(x)).abs().max().item() <= TOL
+    ours, theirs = timm_pair(timm, "deit_tiny_distilled_patch16_224", depth=2, dynamic_img_size=True)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 160, 192)) <= TOL
 
 
 @pytest.mark.slow
 @pytest.mark.timm
 @pytest.mark.parametrize("name", PLAIN + DISTILLED)
 def test_timm_parity_full_size(timm, name):
-    ours, theirs = _timm_pair(timm, name)
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        assert (ours(x) - theirs(x)).abs().max().item() <= TOL
+    ours, theirs = timm_pair(timm, name)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. the distillation token and the two heads -------------------------------------------------------------

@@ -15,14 +15,12 @@ from vitkit.layers.rel_pos_tf import RelPosBiasTf
 from vitkit.models.maxxvit import (PartitionBlock, block_partition, block_reverse, grid_partition, grid_reverse,
                                    maxxvit_config)
 
+from parity import (BN_STATS_NOISE, TOL, add_noise, max_logit_diff, meta_model, n_params, pair_with, perturb,
+                    timm_pair)
+
 NAME = "maxvit_tiny_tf_224"
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
 PARAM_COUNT = 30_916_528  # timm's, 1000 classes
 REDUCED = dict(embed_dim=(32, 32, 64, 64), depths=(1, 1, 2, 1), head_hidden_size=64, stem_width=32, dim_head=16)
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def tiny(**overrides) -> torch.nn.Module:
@@ -32,18 +30,7 @@ def tiny(**overrides) -> torch.nn.Module:
 def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Make every tensor matter: noise on zero/one-initialised parameters, large noise on the position tables
     (at init scale a wrongly indexed table moves logits by barely 1e-4), and non-trivial BatchNorm statistics."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.add_(torch.randn_like(p))
-            elif p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.02)
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.add_(torch.randn_like(b) * 0.1)
-            elif name.endswith("running_var"):
-                b.mul_(1 + torch.rand_like(b))
-    return model
+    return perturb(model, params={"*relative_position_bias_table*": add_noise(1.0)}, buffers=BN_STATS_NOISE)
 
 
 def _timm_pair(timm, img_size, dim_head: int = 32, **reduced):
@@ -52,32 +39,13 @@ def _timm_pair(timm, img_size, dim_head: int = 32, **reduced):
     base = model_cfgs["maxvit_tiny_tf"]
     cfg = dataclasses.replace(base, transformer_cfg=dataclasses.replace(base.transformer_cfg, dim_head=dim_head),
                               **reduced)
-    theirs = _perturb(MaxxVit(cfg, img_size=img_size)).eval()
-    ours = vitkit.create_model(NAME, img_size=img_size, dim_head=dim_head, **reduced).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    return (a - b).abs().max().item()
+    return pair_with(MaxxVit(cfg, img_size=img_size), NAME, perturb_with=_perturb, img_size=img_size,
+                     dim_head=dim_head, **reduced)
 
 
 # ---- 1. parameter count and state-dict layout -------------------------------------------------------------
 def test_param_count():
-    with torch.device("meta"):
-        assert n_params(vitkit.create_model(NAME)) == PARAM_COUNT
-
-
-@pytest.mark.timm
-def test_architecture_matches_timm(timm):
-    with torch.device("meta"):
-        ours, theirs = vitkit.create_model(NAME), timm.create_model(NAME, pretrained=False)
-    assert n_params(ours) == n_params(theirs) == PARAM_COUNT
-    assert ({k: v.shape for k, v in ours.state_dict().items()} ==
-            {k: v.shape for k, v in theirs.state_dict().items()})
+    assert n_params(meta_model(NAME)) == PARAM_COUNT
 
 
 @pytest.mark.timm
@@ -93,8 +61,8 @@ def test_timm_parity_reduced(timm):
     """7×7 windows at 224. At 221 the stem and stage 0 get odd sizes (221, 111), so TF's 'SAME' padding
     decides where the extra pixels go in the strided convs and the pools."""
     ours, theirs = _timm_pair(timm, 224, **REDUCED)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
-    assert _max_logit_diff(ours, theirs, torch.randn(1, 3, 221, 221)) <= TOL
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    assert max_logit_diff(ours, theirs, torch.randn(1, 3, 221, 221)) <= TOL
 
 
 @pytest.mark.timm
@@ -103,16 +71,14 @@ def test_timm_parity_non_square_windows(timm):
     ours, theirs = _timm_pair(timm, (64, 96), dim_head=8, embed_dim=(16, 16, 32, 32), depths=(1, 1, 1, 1),
                               stem_width=16, head_hidden_size=32)
     assert ours.window_size == (2, 3)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 64, 96)) <= TOL
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 64, 96)) <= TOL
 
 
 @pytest.mark.slow
 @pytest.mark.timm
 def test_timm_parity_full_size(timm):
-    theirs = _perturb(timm.create_model(NAME, pretrained=False)).eval()
-    ours = vitkit.create_model(NAME).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, NAME, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. block and grid partitions ---------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 import vitkit
 
+from parity import meta_model, n_params
+
 BATCH = 2
 HEAD_DIM = 8  # tiny models keep their head count and give each head this width
 
@@ -65,6 +67,27 @@ def test_tiny_overrides_shrink_a_vit():
     over = tiny_overrides("vit_huge_patch14_224")
     assert over == {"depth": 2, "embed_dim": 16 * HEAD_DIM, "img_size": 28}
     assert tiny_overrides("vit_pico_patch2_8")["img_size"] == 4
+
+
+def _names_timm_has() -> list[str]:
+    try:
+        import timm
+    except ImportError:
+        return []
+    return [n for n in MODELS if timm.is_model(n)]
+
+
+@pytest.mark.timm
+@pytest.mark.parametrize("name", _names_timm_has() or ["vit_base_patch16_224"])  # (skipped without timm)
+def test_architecture_matches_timm(timm, name):
+    """Every model timm also has, at full size on the meta device: the same parameter count, and the same
+    state-dict keys (buffers included) with the same shapes, so timm's checkpoints load with no remapping."""
+    ours = meta_model(name)
+    with torch.device("meta"):  # with our head: timm builds some names (vit_huge_patch14_224) without one
+        theirs = timm.create_model(name, pretrained=False, num_classes=ours.num_classes)
+    assert n_params(ours) == n_params(theirs)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", MODELS)

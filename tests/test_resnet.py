@@ -10,32 +10,17 @@ from vitkit.layers import ImageSizeError
 from vitkit.models.resnet import BasicBlock, Bottleneck
 from vitkit.registry import IMAGENET_MEAN, IMAGENET_STD
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import TOL, max_logit_diff, meta_model, n_params, perturb, redraw_normal, redraw_uniform, timm_pair
+
 NAMES = ["resnet18", "resnet50"]
 TINY = vitkit.get_entry("resnet18").tiny
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(name: str, **overrides) -> torch.nn.Module:
-    with torch.device("meta"):
-        return vitkit.create_model(name, **overrides)
-
-
-def perturb(model: torch.nn.Module) -> torch.nn.Module:
+def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Randomise what starts degenerate: BN gains (1, or 0 for the zero-initialised last BN of each block), BN
     biases, and the running statistics (0 and 1), so that a swapped or skipped BN changes the logits."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.2)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
+    return perturb(model, scale=0.2, buffers={"*running_mean": redraw_normal(0.2),
+                                              "*running_var": redraw_uniform(0.5, 2.0)})
 
 
 # ---- 1. parameter counts ------------------------------------------------------------------------------------
@@ -47,17 +32,6 @@ def test_param_count(name):
     assert n_params(meta_model(name)) == PARAM_COUNTS[name]
 
 
-@pytest.mark.timm
-@pytest.mark.parametrize("name", NAMES)
-def test_architecture_matches_timm(timm, name):
-    """Same parameter count, and the same state-dict keys (BN buffers included) with the same shapes."""
-    ours = meta_model(name)
-    with torch.device("meta"):
-        theirs = timm.create_model(name, pretrained=False)
-    assert n_params(ours) == n_params(theirs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-
-
 def test_block_types():
     assert isinstance(meta_model("resnet18").layer1[0], BasicBlock)
     assert isinstance(meta_model("resnet50").layer1[0], Bottleneck)
@@ -67,20 +41,6 @@ def test_block_types():
 
 
 # ---- 2. equal to timm ---------------------------------------------------------------------------------------
-def _timm_pair(timm, name: str, **overrides):
-    theirs = perturb(timm.create_model(name, pretrained=False, **overrides)).eval()
-    ours = vitkit.create_model(name, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    return (a - b).abs().max().item()
-
-
 PARITY = [("resnet18", {}), ("resnet50", {"layers": (2, 1, 1, 1)})]
 
 
@@ -88,14 +48,14 @@ PARITY = [("resnet18", {}), ("resnet50", {"layers": (2, 1, 1, 1)})]
 @pytest.mark.parametrize("name,overrides", PARITY, ids=[f"{n}-{o}" for n, o in PARITY])
 def test_timm_parity(timm, name, overrides):
     """64×64 keeps it fast; every stage still runs (layer4 on a 2×2 map)."""
-    ours, theirs = _timm_pair(timm, name, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 64, 64)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 64, 64)) <= TOL
 
 
 @pytest.mark.timm
 def test_timm_parity_in_train_mode(timm):
     """In train mode BN uses batch statistics and updates its running ones: both must match timm's."""
-    ours, theirs = _timm_pair(timm, "resnet50", layers=(1, 1, 1, 1))
+    ours, theirs = timm_pair(timm, "resnet50", perturb_with=_perturb, layers=(1, 1, 1, 1))
     ours.train(), theirs.train()
     x = torch.randn(4, 3, 64, 64)
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=TOL)
@@ -106,7 +66,7 @@ def test_timm_parity_in_train_mode(timm):
 
 @pytest.mark.timm
 def test_intermediates_and_pre_logits_match_timm(timm):
-    ours, theirs = _timm_pair(timm, "resnet18", layers=(1, 1, 1, 1))
+    ours, theirs = timm_pair(timm, "resnet18", perturb_with=_perturb, layers=(1, 1, 1, 1))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         final, feats = ours.forward_intermediates(x)
@@ -124,8 +84,8 @@ def test_intermediates_and_pre_logits_match_timm(timm):
 @pytest.mark.timm
 @pytest.mark.parametrize("name", NAMES)
 def test_timm_parity_full_size(timm, name):
-    ours, theirs = _timm_pair(timm, name)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. initialisation ----------------------------------------------------------------------------------------

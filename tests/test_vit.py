@@ -9,17 +9,7 @@ import vitkit
 from vitkit.layers import ImageSizeError, resample_abs_pos_embed, sincos_2d
 from vitkit.models import vit_config
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def meta_model(name: str, **overrides) -> torch.nn.Module:
-    """Build on the meta device: the shapes without the memory or the initialisation time."""
-    with torch.device("meta"):
-        return vitkit.create_model(name, **overrides)
+from parity import TOL, max_logit_diff, meta_model, n_params, perturb, timm_pair
 
 
 # ---- 1. parameter counts ------------------------------------------------------------------------------------
@@ -39,28 +29,6 @@ def test_param_count(name):
     assert n_params(meta_model(name)) == PARAM_COUNTS[name]
 
 
-def _vit_names_timm_has() -> list[str]:
-    try:
-        import timm
-    except ImportError:
-        return []
-    theirs = set(timm.list_models("vit_*"))
-    return [n for n in vitkit.list_models("vit_*") if n in theirs]
-
-
-@pytest.mark.timm
-@pytest.mark.parametrize("name", _vit_names_timm_has() or ["vit_base_patch16_224"])
-def test_architecture_matches_timm(timm, name):
-    """Same parameter count, and the same state-dict keys with the same shapes, as timm's model of that name."""
-    ours = meta_model(name)
-    with torch.device("meta"):
-        theirs = timm.create_model(name, pretrained=False, num_classes=1000)
-    assert n_params(ours) == n_params(theirs)
-    our_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    their_shapes = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
-    assert our_shapes == their_shapes
-
-
 def test_param_count_of_variants_follows_config():
     """A 10-class head and no head change the count by exactly the head's size."""
     full = n_params(meta_model("vit_base_patch16_224"))
@@ -69,31 +37,7 @@ def test_param_count_of_variants_follows_config():
 
 
 # ---- 2. equal to timm ---------------------------------------------------------------------------------------
-def _perturb(model: torch.nn.Module) -> torch.nn.Module:
-    """Add noise to the parameters whose initial values are degenerate (zero biases, unit norms, tiny
-    LayerScale gains and tokens), so that they hide no mistakes. Linear and conv weights are random already."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.02)
-    return model
-
-
-def _timm_pair(timm, name: str, **overrides) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """timm's model (random weights, perturbed) and vitkit's with the same options and timm's state dict."""
-    theirs = _perturb(timm.create_model(name, pretrained=False, num_classes=1000, **overrides)).eval()
-    ours = vitkit.create_model(name, num_classes=1000, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    return (a - b).abs().max().item()
-
-
+# The common perturbation (parity.perturb: noise on biases, norms, tokens and LayerScale gains) is all a ViT needs.
 PARITY = [
     ("vit_tiny_patch16_224", {}),
     ("vit_small_patch16_224", {}),
@@ -107,8 +51,8 @@ PARITY = [
 @pytest.mark.timm
 @pytest.mark.parametrize("name,overrides", PARITY, ids=[f"{n}-{o}" for n, o in PARITY])
 def test_timm_parity(timm, name, overrides):
-    ours, theirs = _timm_pair(timm, name, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 OPTIONS = [
@@ -123,8 +67,8 @@ OPTIONS = [
 @pytest.mark.timm
 @pytest.mark.parametrize("overrides", OPTIONS, ids=str)
 def test_timm_parity_options(timm, overrides):
-    ours, theirs = _timm_pair(timm, "vit_tiny_patch16_224", depth=3, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, "vit_tiny_patch16_224", depth=3, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 DYNAMIC = [
@@ -139,8 +83,8 @@ DYNAMIC = [
 @pytest.mark.parametrize("overrides,size", DYNAMIC, ids=str)
 def test_timm_parity_dynamic_img_size(timm, overrides, size):
     """Built at 224, run at another size: both libraries resample the position embeddings the same way."""
-    ours, theirs = _timm_pair(timm, "vit_tiny_patch16_224", depth=2, dynamic_img_size=True, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, *size)) <= TOL
+    ours, theirs = timm_pair(timm, "vit_tiny_patch16_224", depth=2, dynamic_img_size=True, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, *size)) <= TOL
 
 
 @pytest.mark.timm
@@ -148,7 +92,7 @@ def test_timm_parity_dynamic_img_size(timm, overrides, size):
 def test_timm_parity_resampled_to_384(timm, reg_tokens):
     """A 224 state dict moved to 384 with our resampling equals timm's, and the two models agree."""
     opts = dict(depth=2, reg_tokens=reg_tokens)
-    state = _perturb(timm.create_model("vit_tiny_patch16_224", pretrained=False, **opts)).state_dict()
+    state = perturb(timm.create_model("vit_tiny_patch16_224", pretrained=False, **opts)).state_dict()
     prefix = 1 + reg_tokens
     ours_pos = resample_abs_pos_embed(state["pos_embed"], (24, 24), num_prefix_tokens=prefix)
     theirs_pos = timm.layers.resample_abs_pos_embed(state["pos_embed"], (24, 24), num_prefix_tokens=prefix)
@@ -160,15 +104,15 @@ def test_timm_parity_resampled_to_384(timm, reg_tokens):
     theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=384, **opts).eval()
     ours.load_state_dict({**state, "pos_embed": ours_pos}, strict=True)
     theirs.load_state_dict({**state, "pos_embed": theirs_pos}, strict=True)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 384, 384)) <= TOL
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 384, 384)) <= TOL
 
 
 @pytest.mark.slow
 @pytest.mark.timm
 @pytest.mark.parametrize("name", ["vit_base_patch16_224", "vit_large_patch16_224", "vit_huge_patch14_224"])
 def test_timm_parity_full_size(timm, name):
-    ours, theirs = _timm_pair(timm, name)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, name)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. image sizes and channels ----------------------------------------------------------------------------
@@ -355,3 +299,11 @@ def test_forward_intermediates_indices(tiny_vit):
     for bad in (3, -4):
         with pytest.raises(IndexError, match="3 blocks"):
             model.forward_intermediates(x, indices=[bad])
+
+
+def test_reset_classifier_refuses_an_unknown_pooling():
+    model = vitkit.create_model("vit_pico_patch2_8", depth=1)
+    with pytest.raises(ValueError, match="'token' or 'avg'"):
+        model.reset_classifier(3, global_pool="max")
+    model.reset_classifier(3, global_pool="avg")
+    assert model.global_pool == "avg" and model(torch.randn(2, 1, 8, 8)).shape == (2, 3)

@@ -13,41 +13,28 @@ from vitkit.models.resnetv2 import ResNetV2, make_divisible
 from vitkit.models.vit_hybrid import HybridEmbed, HybridVisionTransformer
 from vitkit.registry import HALF
 
-TOL = 1e-4  # max |Δlogit| allowed between vitkit and timm on the same weights and input
+from parity import TOL, max_logit_diff, meta_model, n_params, perturb, timm_pair
+
 NAME = "vit_small_r26_s32_224"
 TINY = vitkit.get_entry(NAME).tiny
 
 
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def perturb(model: torch.nn.Module) -> torch.nn.Module:
+def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Randomise what starts degenerate (GroupNorm / LayerNorm gains and biases, zero biases, the [CLS] token),
     so that none of it hides a mistake. Conv and Linear weights, and position embeddings, are random already."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim not in (2, 4):
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturb(model, scale=0.1)
 
 
 # ---- 1. parameter count and keys ----------------------------------------------------------------------------
 def test_param_count():
-    with torch.device("meta"):
-        model = vitkit.create_model(NAME)
-    assert n_params(model) == 36_431_912  # 1000-class head, as timm counts
+    assert n_params(meta_model(NAME)) == 36_431_912  # 1000-class head, as timm counts
 
 
-@pytest.mark.timm
-def test_architecture_matches_timm(timm):
-    """Same parameter count, and the same state-dict keys with the same shapes, as timm's model."""
-    with torch.device("meta"):
-        ours, theirs = vitkit.create_model(NAME), timm.create_model(NAME, pretrained=False)
-    assert n_params(ours) == n_params(theirs)
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-    assert ours.state_dict()["patch_embed.backbone.stem.conv.weight"].shape == (64, 3, 7, 7)
-    assert ours.state_dict()["pos_embed"].shape == (1, 1 + 7 * 7, 384)  # 224 / 32 = 7 tokens a side
+def test_stem_and_token_grid_shapes():
+    """(Keys and shapes as a whole are compared with timm's in test_models.py.)"""
+    state = meta_model(NAME).state_dict()
+    assert state["patch_embed.backbone.stem.conv.weight"].shape == (64, 3, 7, 7)
+    assert state["pos_embed"].shape == (1, 1 + 7 * 7, 384)  # 224 / 32 = 7 tokens a side
 
 
 def test_the_vit_part_is_vitkits_vision_transformer():
@@ -57,20 +44,6 @@ def test_the_vit_part_is_vitkits_vision_transformer():
 
 
 # ---- 2. equal to timm ---------------------------------------------------------------------------------------
-def _timm_pair(timm, **overrides):
-    theirs = perturb(timm.create_model(NAME, pretrained=False, **overrides)).eval()
-    ours = vitkit.create_model(NAME, **overrides).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    return ours, theirs
-
-
-def _max_logit_diff(ours, theirs, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        a, b = ours(x), theirs(x)
-    assert a.shape == b.shape == (x.shape[0], 1000)
-    return (a - b).abs().max().item()
-
-
 # The R26 backbone is always whole (timm fixes its depth); the ViT part is cut where noted.
 PARITY = [({"img_size": 64, "depth": 2}, (64, 64)), ({"img_size": 96}, (96, 96))]
 
@@ -78,21 +51,21 @@ PARITY = [({"img_size": 64, "depth": 2}, (64, 64)), ({"img_size": 96}, (96, 96))
 @pytest.mark.timm
 @pytest.mark.parametrize("overrides,size", PARITY, ids=str)
 def test_timm_parity(timm, overrides, size):
-    ours, theirs = _timm_pair(timm, **overrides)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, *size)) <= TOL
+    ours, theirs = timm_pair(timm, NAME, perturb_with=_perturb, **overrides)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, *size)) <= TOL
 
 
 @pytest.mark.timm
 def test_timm_parity_dynamic_img_size(timm):
     """Built at 64, run at other sizes (70×90: odd maps under 'SAME' padding): both resample the same way."""
-    ours, theirs = _timm_pair(timm, img_size=64, depth=2, dynamic_img_size=True)
+    ours, theirs = timm_pair(timm, NAME, perturb_with=_perturb, img_size=64, depth=2, dynamic_img_size=True)
     for size in [(96, 96), (64, 160), (70, 90)]:
-        assert _max_logit_diff(ours, theirs, torch.randn(2, 3, *size)) <= TOL, size
+        assert max_logit_diff(ours, theirs, torch.randn(2, 3, *size)) <= TOL, size
 
 
 @pytest.mark.timm
 def test_intermediates_and_feature_info_match_timm(timm):
-    ours, theirs = _timm_pair(timm, img_size=64, depth=3)
+    ours, theirs = timm_pair(timm, NAME, perturb_with=_perturb, img_size=64, depth=3)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         final, blocks = ours.forward_intermediates(x)
@@ -109,8 +82,8 @@ def test_intermediates_and_feature_info_match_timm(timm):
 @pytest.mark.slow
 @pytest.mark.timm
 def test_timm_parity_full_size(timm):
-    ours, theirs = _timm_pair(timm)
-    assert _max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
+    ours, theirs = timm_pair(timm, NAME, perturb_with=_perturb)
+    assert max_logit_diff(ours, theirs, torch.randn(2, 3, 224, 224)) <= TOL
 
 
 # ---- 3. the BiT conv layers, against timm's ----------------------------------------------------------------
@@ -158,7 +131,7 @@ def test_max_pool_same_matches_timm(timm, size):
 def test_group_norm_act_matches_timm(timm):
     for act in (True, False):
         ours, theirs = GroupNormAct(64, 32, act=act), timm.layers.GroupNormAct(64, 32, apply_act=act)
-        perturb(theirs)
+        _perturb(theirs)
         ours.load_state_dict(theirs.state_dict())
         x = torch.randn(2, 64, 5, 5)
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-5)

@@ -34,9 +34,9 @@ def run(args) -> int:
     if not rows:
         print(f"no model matches {args.pattern!r}")
         return 1
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'model':<{width}}  {'family':<6}  {'params':>13}  {'input':>7}  classes")
+    width, fam = max(len(r["name"]) for r in rows), max(6, *(len(r["family"]) for r in rows))
+    print(f"{'model':<{width}}  {'family':<{fam}}  {'params':>13}  {'input':>7}  classes")
     for r in rows:
         size = r["img_size"] if isinstance(r["img_size"], int) else "×".join(map(str, r["img_size"] or ()))
-        print(f"{r['name']:<{width}}  {r['family']:<6}  {r['params']:>13,}  {size:>7}  {r['num_classes']}")
+        print(f"{r['name']:<{width}}  {r['family']:<{fam}}  {r['params']:>13,}  {size:>7}  {r['num_classes']}")
     return 0

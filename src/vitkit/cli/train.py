@@ -29,7 +29,7 @@ def _field_help() -> dict[str, str]:
 def add_parser(sub, name):
     p = sub.add_parser(name, help="train a model (default: a small ViT on the built-in digits)",
                        description="Train a model. With no options: vit_pico_patch2_8 on scikit-learn's 1,797 "
-                                   "8×8 digits, held-out 20%% for validation.",
+                                   "8×8 digits, holding out 20% for validation.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = _field_help()
     hints = typing.get_type_hints(TrainConfig)

@@ -17,32 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .patch_embed import ImageSizeError, to_2tuple
-
-
-def check_image(x: Tensor, in_chans: int, min_size: int = 1) -> None:
-    """Refuse, with a message that says what to do, anything but a (B, in_chans, H, W) batch with H, W ≥ min_size."""
-    if x.ndim != 4:
-        raise ImageSizeError(f"expected a batch of images shaped (B, C, H, W) but got shape {tuple(x.shape)}; "
-                             f"add a batch dimension with x.unsqueeze(0) for a single image")
-    c = x.shape[1]
-    if c != in_chans:
-        raise ImageSizeError(
-            f"model expects {in_chans}-channel images but got {c} channel(s); convert the images "
-            f"({'to RGB' if in_chans == 3 else f'to {in_chans} channel(s)'}) or create the model with in_chans={c}")
-    h, w = x.shape[-2:]
-    if h < min_size or w < min_size:
-        raise ImageSizeError(f"model needs images of at least {min_size}×{min_size} but got {h}×{w}; "
-                             f"resize (upsample) the images to {max(h, min_size)}×{max(w, min_size)} or more")
-
-
-def take_indices(n: int, indices: list[int] | None, what: str = "stages") -> set[int]:
-    """The set of feature indices 0..n-1 that `indices` names (negative counts from the end; None: all)."""
-    bad = [i for i in indices or () if not -n <= i < n]
-    if bad:
-        raise IndexError(f"{what} indices {bad} are out of range for a model with {n} {what}; "
-                         f"use 0..{n - 1}, or -{n}..-1 to count from the end")
-    return set(range(n)) if indices is None else {i % n for i in indices}
+from .patch_embed import to_2tuple
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -70,9 +45,15 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
 
 
-def _static_same(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> bool:
+def static_same(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> bool:
     """'SAME' padding is a fixed symmetric padding when the stride is 1 and the kernel reach is odd."""
     return all(s == 1 and (d * (k - 1)) % 2 == 0 for k, s, d in zip(kernel, stride, dilation))
+
+
+def symmetric_padding(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> int:
+    """PyTorch-style symmetric padding, (stride − 1 + dilation·(k − 1)) // 2 from the first axis: 'SAME' where
+    static_same holds."""
+    return ((stride[0] - 1) + dilation[0] * (kernel[0] - 1)) // 2
 
 
 class StdConv2d(nn.Conv2d):
@@ -88,9 +69,9 @@ class StdConv2d(nn.Conv2d):
                  padding: int | str | None = None, dilation: int = 1, groups: int = 1, bias: bool = False,
                  eps: float = 1e-6):
         k, s, d = to_2tuple(kernel_size), to_2tuple(stride), to_2tuple(dilation)
-        dynamic = padding == "same" and not _static_same(k, s, d)
+        dynamic = padding == "same" and not static_same(k, s, d)
         if padding == "same" or padding is None:
-            padding = 0 if dynamic else ((s[0] - 1) + d[0] * (k[0] - 1)) // 2
+            padding = 0 if dynamic else symmetric_padding(k, s, d)
         super().__init__(in_chs, out_chs, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias)
         self.dynamic_pad = dynamic  # pad from the input size at run time

@@ -1,7 +1,6 @@
 """Stochastic depth (DropPath): drop a whole residual branch per sample during training."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 

@@ -13,8 +13,9 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv import pad_same
+from .conv import pad_same, static_same, symmetric_padding
 from .drop import DropPath
+from .patch_embed import to_2tuple
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -51,9 +52,10 @@ def conv2d(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int 
     symmetric too except for strided convs, whose padding depends on the input size."""
     if padding not in ("", "same"):
         raise ValueError(f"padding must be '' or 'same', got {padding!r}")
-    if padding == "same" and (stride > 1 or kernel % 2 == 0):
+    k, s = to_2tuple(kernel), to_2tuple(stride)
+    if padding == "same" and not static_same(k, s):
         return SameConv2d(in_chs, out_chs, kernel, stride, padding=0, groups=groups, bias=bias)
-    return nn.Conv2d(in_chs, out_chs, kernel, stride, padding=(stride - 1 + kernel - 1) // 2, groups=groups, bias=bias)
+    return nn.Conv2d(in_chs, out_chs, kernel, stride, padding=symmetric_padding(k, s), groups=groups, bias=bias)
 
 
 class AvgPool2x2(nn.Module):

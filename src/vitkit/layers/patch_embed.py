@@ -8,13 +8,26 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import ImageSizeError, check_image
+
 
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
 
 
-class ImageSizeError(ValueError):
-    """An input image whose size or channel count the model cannot take."""
+def check_built_size(h: int, w: int, img_size: tuple[int, int]) -> None:
+    """Refuse an h×w image for a model built for img_size that does not resize its position embeddings."""
+    if (h, w) != img_size:
+        H, W = img_size
+        raise ImageSizeError(
+            f"model was built for {H}×{W} images but got {h}×{w}; resize the images to {H}×{W}, or create "
+            f"the model with img_size=({h}, {w}) or dynamic_img_size=True to interpolate its position embeddings")
+
+
+def pad_to_multiple(x: Tensor, patch_size: tuple[int, int]) -> Tensor:
+    """x: (B, C, H, W) → (B, C, H', W'), zero-padded at the bottom and right up to multiples of patch_size."""
+    ph, pw = patch_size
+    return F.pad(x, (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph))
 
 
 class PatchEmbed(nn.Module):
@@ -54,25 +67,14 @@ class PatchEmbed(nn.Module):
         return h // ph, w // pw
 
     def check_input(self, x: Tensor) -> None:
-        if x.ndim != 4:
-            raise ImageSizeError(f"expected a batch of images shaped (B, C, H, W) but got shape {tuple(x.shape)}; "
-                                 f"add a batch dimension with x.unsqueeze(0) for a single image")
-        _, c, h, w = x.shape
-        if c != self.in_chans:
-            raise ImageSizeError(
-                f"model expects {self.in_chans}-channel images but got {c} channel(s); convert the images "
-                f"({'to RGB' if self.in_chans == 3 else f'to {self.in_chans} channel(s)'}) or create the model "
-                f"with in_chans={c}")
-        if not self.dynamic and (h, w) != self.img_size:
-            H, W = self.img_size
-            raise ImageSizeError(
-                f"model was built for {H}×{W} images but got {h}×{w}; resize the images to {H}×{W}, or create "
-                f"the model with img_size=({h}, {w}) or dynamic_img_size=True to interpolate its position embeddings")
+        check_image(x, self.in_chans, min_size=0)  # a batch with our channels; the size is checked below
+        h, w = x.shape[-2:]
+        if not self.dynamic:
+            check_built_size(h, w, self.img_size)
         self.grid_for(h, w)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         if self.pad:
-            ph, pw = self.patch_size
-            x = F.pad(x, (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph))
+            x = pad_to_multiple(x, self.patch_size)
         return self.proj(x).permute(0, 2, 3, 1)  # (B, D, Hp, Wp) → (B, Hp, Wp, D)

@@ -22,12 +22,14 @@ from torch import Tensor, nn
 
 from ..layers.attention import _AttentionBase
 from ..layers.block import LayerNorm6
+from ..layers.checks import take_indices
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.layer_scale import layer_scale, layer_scale_gain
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import ImageSizeError, PatchEmbed
 from ..layers.rel_pos import RelativePositionBias, add_relative_position_bias, gather_bias
 from ..registry import ModelEntry, register
+from ._common import check_global_pool, pool_tokens
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,7 @@ class BeitBlock(nn.Module):
 class Beit(nn.Module):
     def __init__(self, cfg: BeitConfig):
         super().__init__()
-        if cfg.global_pool not in ("avg", "token"):
-            raise ValueError(f"global_pool must be 'avg' or 'token', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool, ("avg", "token"))
         self.cfg = cfg
         D = self.embed_dim = self.num_features = cfg.embed_dim
         self.num_classes = cfg.num_classes
@@ -218,12 +219,7 @@ class Beit(nn.Module):
 
         indices: block indices to return (negative counts from the end); all blocks by default.
         """
-        depth = len(self.blocks)
-        bad = [i for i in indices or () if not -depth <= i < depth]
-        if bad:
-            raise IndexError(f"block indices {bad} are out of range for a model with {depth} blocks; "
-                             f"use 0..{depth - 1}, or -{depth}..-1 to count from the end")
-        wanted = set(range(depth)) if indices is None else {i % depth for i in indices}
+        wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
         x, shared, taken = self._embed(x), self._shared_bias(), []
         for i, block in enumerate(self.blocks):
             x = block(x, shared)
@@ -240,7 +236,7 @@ class Beit(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """tokens (B, N, D) → logits (B, classes), or the features the head sees when pre_logits."""
-        x = x[:, self.num_prefix_tokens:].mean(dim=1) if self.global_pool == "avg" else x[:, 0]  # (B, D)
+        x = pool_tokens(x, self.global_pool, self.num_prefix_tokens)  # (B, D)
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -250,8 +246,7 @@ class Beit(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head)."""
         if global_pool is not None:
-            if global_pool not in ("avg", "token"):
-                raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
+            check_global_pool(global_pool, ("avg", "token"))
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()

@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from ..layers import DropPath, LayerNorm6, Mlp, PatchEmbed, attend, layer_scale, layer_scale_gain
 from ..layers.attention import _AttentionBase
+from ..layers.checks import take_indices
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
+from ._common import check_global_pool, new_head, pool_tokens
 
 
 def _mix_heads(linear: nn.Linear, scores: Tensor) -> Tensor:
@@ -146,8 +148,7 @@ class CaitConfig:
 class Cait(nn.Module):
     def __init__(self, cfg: CaitConfig):
         super().__init__()
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool, ("token", "avg"))
         self.cfg = cfg
         D = self.embed_dim = self.num_features = cfg.embed_dim
         self.num_classes = cfg.num_classes
@@ -220,12 +221,7 @@ class Cait(nn.Module):
 
         indices: block indices to return (negative counts from the end); all blocks by default.
         """
-        depth = len(self.blocks)
-        bad = [i for i in indices or () if not -depth <= i < depth]
-        if bad:
-            raise IndexError(f"block indices {bad} are out of range for a model with {depth} blocks; "
-                             f"use 0..{depth - 1}, or -{depth}..-1 to count from the end")
-        wanted = set(range(depth)) if indices is None else {i % depth for i in indices}
+        wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
         x = self._embed(x)
         taken = []
         for i, block in enumerate(self.blocks):
@@ -240,7 +236,7 @@ class Cait(nn.Module):
 
     def pool(self, x: Tensor) -> Tensor:
         """tokens (B, 1 + N, D) → (B, D): the [CLS] output or the mean of the patch tokens."""
-        return x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        return pool_tokens(x, self.global_pool, self.num_prefix_tokens)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """tokens (B, 1 + N, D) → logits (B, classes), or the pooled features (B, D) when pre_logits."""
@@ -253,14 +249,10 @@ class Cait(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head)."""
         if global_pool is not None:
-            if global_pool not in ("token", "avg"):
-                raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+            check_global_pool(global_pool, ("token", "avg"))
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.num_features, num_classes)
 
 
 # ---- variants ---------------------------------------------------------------------------------------

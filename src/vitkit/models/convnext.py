@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..layers import DropPath, LayerNorm6, Mlp, drop_path_rates, layer_scale, layer_scale_gain
-from ..layers.conv import ConvMlp, LayerNorm2d, check_image, take_indices
+from ..layers.checks import check_image, take_indices
+from ..layers.conv import ConvMlp, LayerNorm2d
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
+from ._common import new_head
 
 
 class ConvNeXtBlock(nn.Module):
@@ -172,10 +173,7 @@ class ConvNeXt(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final Linear with a freshly initialised one for `num_classes` (0: no head)."""
         self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
-            nn.init.zeros_(self.head.fc.bias)
+        self.head.fc = new_head(self.num_features, num_classes)
 
 
 # ---- variants ---------------------------------------------------------------------------------------

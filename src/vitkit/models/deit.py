@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
+from ._common import new_head
 from .vit import VisionTransformer, ViTConfig, vit_config
 
 
@@ -86,10 +87,7 @@ class DistilledVisionTransformer(VisionTransformer):
             raise ValueError(f"a distilled DeiT pools its [CLS] and distillation tokens, so global_pool must be "
                              f"'token' or None; got {global_pool!r}")
         super().reset_classifier(num_classes)
-        self.head_dist = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.trunc_normal_(self.head_dist.weight, std=0.02)
-            nn.init.zeros_(self.head_dist.bias)
+        self.head_dist = new_head(self.num_features, num_classes)
 
 
 # ---- variants ---------------------------------------------------------------------------------------

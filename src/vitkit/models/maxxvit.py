@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..layers.attention import Attention, _AttentionBase, attend
-from ..layers.conv import ConvMlp, LayerNorm2d, check_image, take_indices
+from ..layers.checks import check_image, take_indices
+from ..layers.conv import ConvMlp, LayerNorm2d
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.mbconv import BatchNormAct2d, Downsample2d, MbConv, act_layer, conv2d
 from ..layers.mlp import Mlp

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..layers import DropPath, drop_path_rates
-from ..layers.conv import check_image, take_indices
+from ..layers.checks import check_image, take_indices
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
 
 

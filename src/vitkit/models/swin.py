@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..layers.attention import _AttentionBase
+from ..layers.checks import take_indices
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.mlp import Mlp
 from ..layers.patch_embed import ImageSizeError, PatchEmbed
@@ -32,6 +33,7 @@ from ..layers.rel_pos import add_relative_position_bias, gather_bias
 from ..layers.window import (cyclic_shift, shifted_window_mask, window_attention_to_image, window_partition,
                              window_reverse)
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
+from ._common import check_global_pool
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,7 @@ class SwinTransformer(nn.Module):
         super().__init__()
         if len(cfg.depths) != len(cfg.num_heads):
             raise ValueError(f"depths {cfg.depths} and num_heads {cfg.num_heads} must name the same number of stages")
-        if cfg.global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool, ("avg", ""))
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.global_pool = cfg.global_pool
@@ -291,12 +292,7 @@ class SwinTransformer(nn.Module):
         channels-first, as timm's (feature maps for dense heads); the final map is channels-last, as
         forward_features.
         """
-        S = len(self.layers)
-        bad = [i for i in indices or () if not -S <= i < S]
-        if bad:
-            raise IndexError(f"stage indices {bad} are out of range for a model with {S} stages; "
-                             f"use 0..{S - 1}, or -{S}..-1 to count from the end")
-        wanted = set(range(S)) if indices is None else {i % S for i in indices}
+        wanted = take_indices(len(self.layers), indices, "stages", prefix="stage")
         x = self._embed(x)
         taken = []
         for i, stage in enumerate(self.layers):
@@ -321,8 +317,7 @@ class SwinTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head)."""
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            check_global_pool(global_pool, ("avg", ""))
             self.global_pool = global_pool
         self.num_classes = num_classes
         self.head = ClassifierHead(self.num_features, num_classes, self.cfg.drop_rate)

@@ -19,7 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import Block, LayerNorm6, PatchEmbed, drop_path_rates, resample_abs_pos_embed, sincos_2d
+from ..layers.checks import take_indices
 from ..registry import ModelEntry, register
+from ._common import check_global_pool, new_head, pool_tokens
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,7 @@ class ViTConfig:
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        check_global_pool(cfg.global_pool, ("token", "avg"))
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without a [CLS] token")
         self.cfg = cfg
@@ -160,12 +161,7 @@ class VisionTransformer(nn.Module):
 
         indices: block indices to return (negative counts from the end); all blocks by default.
         """
-        depth = len(self.blocks)
-        bad = [i for i in indices or () if not -depth <= i < depth]
-        if bad:
-            raise IndexError(f"block indices {bad} are out of range for a model with {depth} blocks; "
-                             f"use 0..{depth - 1}, or -{depth}..-1 to count from the end")
-        wanted = set(range(depth)) if indices is None else {i % depth for i in indices}
+        wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
         x = self._pos_embed(self.patch_embed(x))
         taken = []
         for i, block in enumerate(self.blocks):
@@ -181,7 +177,7 @@ class VisionTransformer(nn.Module):
 
     def pool(self, x: Tensor) -> Tensor:
         """tokens (B, N, D) → (B, D): the [CLS] output or the mean of the patch tokens."""
-        return x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        return pool_tokens(x, self.global_pool, self.num_prefix_tokens)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """tokens (B, N, D) → logits (B, classes), or the features the head sees when pre_logits."""
@@ -194,14 +190,12 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head)."""
         if global_pool is not None:
+            check_global_pool(global_pool, ("token", "avg"))
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("this model has no [CLS] token to pool; use global_pool='avg'")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        self.head = new_head(self.num_features, num_classes)
 
 
 # ---- variants ---------------------------------------------------------------------------------------

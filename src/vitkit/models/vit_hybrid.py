@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import ImageSizeError, to_2tuple
-from ..layers.conv import check_image
+from ..layers.checks import check_image
+from ..layers.patch_embed import check_built_size, pad_to_multiple
 from ..registry import HALF, ModelEntry, register
 from .resnetv2 import ResNetV2
 from .vit import VIT_SIZES, VisionTransformer, ViTConfig
@@ -60,17 +60,12 @@ class HybridEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_image(x, self.in_chans)
-        h, w = x.shape[-2:]
-        if not self.dynamic and (h, w) != self.img_size:
-            H, W = self.img_size
-            raise ImageSizeError(
-                f"model was built for {H}×{W} images but got {h}×{w}; resize the images to {H}×{W}, or create "
-                f"the model with img_size=({h}, {w}) or dynamic_img_size=True to interpolate its position embeddings")
+        if not self.dynamic:
+            check_built_size(*x.shape[-2:], self.img_size)
         x = self.backbone(x)  # (B, C_r, h, w)
         self.grid_for(*x.shape[-2:])
         if self.pad:
-            ph, pw = self.patch_size
-            x = F.pad(x, (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph))
+            x = pad_to_multiple(x, self.patch_size)
         return self.proj(x).permute(0, 2, 3, 1)  # (B, D, Hp, Wp) → (B, Hp, Wp, D)
 
 

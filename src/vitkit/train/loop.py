@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         aug_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # CPU: draws offsets, not pixels
         loss_sum, seen = 0.0, 0
         bar = tqdm(_loader(train_set, cfg, shuffle=True, epoch=epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                   disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)  # None: off when not a TTY
         for images, labels in bar:
             images, labels = augment(images.to(device, non_blocking=True), generator=aug_gen), labels.to(device)
             lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio)
