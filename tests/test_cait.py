@@ -9,7 +9,7 @@ import torch
 
 import vitkit
 from vitkit.layers import Attention, AttentionRecorder
-from vitkit.layers.attention import _AttentionBase
+from vitkit.layers.attention import AttentionBase
 from vitkit.models.cait import ClassAttention, ClassAttentionBlock, TalkingHeadAttention, cait_config
 
 from parity import TOL, max_logit_diff, meta_model, n_params, perturb, redraw_uniform, scale_by, timm_pair
@@ -26,7 +26,7 @@ def attach(model: torch.nn.Module, recorder: AttentionRecorder | None) -> list[s
     """Attach (or, with None, detach) a recorder to every attention module; their names, in order."""
     names = []
     for name, m in model.named_modules():
-        if isinstance(m, _AttentionBase):
+        if isinstance(m, AttentionBase):
             m.name, m.recorder = name, recorder
             names.append(name)
     return names

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.layers.attention import AttentionRecorder, _AttentionBase
+from vitkit.layers.attention import AttentionRecorder, AttentionBase
 from vitkit.layers.mbconv import MbConv, make_divisible
 from vitkit.layers.patch_embed import ImageSizeError
 from vitkit.layers.rel_pos import RelativePositionBias
@@ -84,7 +84,7 @@ def test_rel_pos_bias_indexing_by_hand():
 
 def _record(model) -> tuple[AttentionRecorder, int]:
     rec = AttentionRecorder()
-    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, _AttentionBase)]
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionBase)]
     for n, m in mods:
         m.recorder, m.name = rec, n
     return rec, len(mods)

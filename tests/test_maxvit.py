@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.layers.attention import AttentionRecorder, _AttentionBase
+from vitkit.layers.attention import AttentionRecorder, AttentionBase
 from vitkit.layers.conv import pad_same
 from vitkit.layers.mbconv import SameConv2d
 from vitkit.layers.patch_embed import ImageSizeError
@@ -171,7 +171,7 @@ def test_recorded_attention_equals_fused():
     with torch.no_grad():
         fused = model(x)
         rec = AttentionRecorder()
-        mods = [(n, m) for n, m in model.named_modules() if isinstance(m, _AttentionBase)]
+        mods = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionBase)]
         for n, m in mods:
             m.recorder, m.name = rec, n
         explicit = model(x)

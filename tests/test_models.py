@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import vitkit
 
 from parity import meta_model, n_params
+from vitkit.layers import AttentionBase, record_attention
 
 BATCH = 2
 HEAD_DIM = 8  # tiny models keep their head count and give each head this width
@@ -162,3 +163,42 @@ def test_forward_intermediates(name):
     assert len(last_only) == 1
     torch.testing.assert_close(last_only[0], per_block[-1], rtol=0, atol=0)
     assert not torch.equal(per_block[0], per_block[-1])  # one output per block, not one repeated
+
+
+CNN_FAMILIES = {"convnext", "resnet"}  # the only families without attention
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_attention_is_recorded_without_changing_the_output(name):
+    """Every attention module of every model goes through the one attention function, so a recorder sees it;
+    recording takes the explicit path and must not change the logits."""
+    model, x, _ = build(name)
+    model.eval()
+    modules = [n for n, m in model.named_modules() if isinstance(m, AttentionBase)]
+    assert bool(modules) == (vitkit.get_entry(name).family not in CNN_FAMILIES)
+    with torch.no_grad():
+        fused = model(x)
+        with record_attention(model) as rec:
+            recorded = model(x)
+        after = model(x)
+    torch.testing.assert_close(recorded, fused, rtol=0, atol=1e-5)
+    assert sorted(rec.maps) == sorted(modules)
+    for weights in (w for maps in rec.maps.values() for w in maps):
+        assert weights.ndim == 4 and torch.isfinite(weights).all()
+    assert all(len(v) == 1 for v in rec.maps.values())  # each module ran once, and recorded once
+    assert all(getattr(model.get_submodule(n), "recorder") is None for n in modules)  # detached afterwards
+    torch.testing.assert_close(after, fused, rtol=0, atol=0)
+
+
+def test_record_attention_only_the_named_layers_and_heads():
+    model = vitkit.create_model("vit_pico_patch2_8", depth=3).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad(), record_attention(model, ["blocks.1.attn"], heads=[0, 2]) as rec:
+        model(x)
+    assert list(rec.maps) == ["blocks.1.attn"]
+    (weights,) = rec.maps["blocks.1.attn"]
+    assert weights.shape == (2, 2, 17, 17)  # 2 of 4 heads; 16 patches + [CLS]
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 17))
+    with pytest.raises(KeyError, match="blocks.9.attn"):
+        with record_attention(model, ["blocks.9.attn"]):
+            pass

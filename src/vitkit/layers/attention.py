@@ -13,7 +13,8 @@ ask only for the layers they look at; every other layer stays fused.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,8 +127,8 @@ class AttentionRecorder:
         self.maps.setdefault(name, []).append(weights)
 
 
-class _AttentionBase(nn.Module):
-    """Shared projection-out and recording logic of self- and cross-attention."""
+class AttentionBase(nn.Module):
+    """Shared projection-out and recording logic of every attention module in every model."""
 
     recorder: AttentionRecorder | None = None
     name: str = ""  # set by the recorder helpers to the module's path in the model
@@ -156,7 +157,7 @@ class _AttentionBase(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Attention(_AttentionBase):
+class Attention(AttentionBase):
     """Multi-head self-attention with one fused qkv projection (state-dict keys as timm's)."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True,
@@ -173,7 +174,7 @@ class Attention(_AttentionBase):
         return self._attend(q, k, v, mask, bias, causal)
 
 
-class CrossAttention(_AttentionBase):
+class CrossAttention(AttentionBase):
     """Multi-head attention whose queries come from x and keys/values from a context."""
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, context_dim: int | None = None,
@@ -191,3 +192,33 @@ class CrossAttention(_AttentionBase):
         kv = self.kv(context).reshape(B, Nk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)  # each (B, H, Nk, hd)
         return self._attend(q, k, v, mask, bias, causal)
+
+
+@contextmanager
+def record_attention(model: nn.Module, layers: Iterable[str] | None = None,
+                     heads: list[int] | None = None) -> Iterator[AttentionRecorder]:
+    """Record the attention weights of the named attention modules (all of them when `layers` is None)
+    while the block runs; only those take the explicit path, every other one stays fused.
+
+        with record_attention(model, ["blocks.11.attn"]) as rec:
+            model(x)
+        rec.maps["blocks.11.attn"][0]   # (B, H, N, N)
+    """
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, AttentionBase)}
+    if layers is None:
+        chosen = modules
+    else:
+        layers = list(layers)
+        unknown = [n for n in layers if n not in modules]
+        if unknown:
+            listed = ", ".join(list(modules)[:6]) + (" …" if len(modules) > 6 else "")
+            raise KeyError(f"no attention module named {', '.join(unknown)}; this model's are: {listed or 'none'}")
+        chosen = {n: modules[n] for n in layers}
+    recorder = AttentionRecorder(heads)
+    for name, module in chosen.items():
+        module.recorder, module.name = recorder, name
+    try:
+        yield recorder
+    finally:
+        for module in chosen.values():
+            module.recorder = None

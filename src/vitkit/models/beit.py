@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.attention import _AttentionBase
+from ..layers.attention import AttentionBase
 from ..layers.block import LayerNorm6
 from ..layers.checks import take_indices
 from ..layers.drop import DropPath, drop_path_rates
@@ -57,7 +57,7 @@ class BeitConfig:
     drop_path_rate: float = 0.0             # stochastic depth, rising linearly to this at the last block
 
 
-class BeitAttention(_AttentionBase):
+class BeitAttention(AttentionBase):
     """Self-attention with q/v biases (no k bias) and an optional relative position bias over grid + [CLS].
 
     Keys as timm's: qkv.weight (no qkv.bias), q_bias, v_bias, proj, relative_position_bias_table.

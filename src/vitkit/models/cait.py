@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import DropPath, LayerNorm6, Mlp, PatchEmbed, attend, layer_scale, layer_scale_gain
-from ..layers.attention import _AttentionBase
+from ..layers.attention import AttentionBase
 from ..layers.checks import take_indices
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
 from ._common import check_global_pool, new_head, pool_tokens
@@ -33,7 +33,7 @@ def _mix_heads(linear: nn.Linear, scores: Tensor) -> Tensor:
     return linear(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # mix over H at every (query, key)
 
 
-class TalkingHeadAttention(_AttentionBase):
+class TalkingHeadAttention(AttentionBase):
     """Self-attention whose heads exchange information (Shazeer et al., 2020): the scores are mixed across
     heads by `proj_l` before the softmax, and the weights by `proj_w` after it. Keys as timm's.
 
@@ -62,7 +62,7 @@ class TalkingHeadAttention(_AttentionBase):
         return self.proj_drop(self.proj(x))
 
 
-class ClassAttention(_AttentionBase):
+class ClassAttention(AttentionBase):
     """Attention in which only [CLS] asks: the query is [CLS], the keys and values are [CLS] and every patch.
     Separate q, k, v projections, keys as timm's. Recorded weights are (B, H, 1, 1 + N)."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..layers.attention import Attention, _AttentionBase, attend
+from ..layers.attention import Attention, AttentionBase, attend
 from ..layers.checks import check_image, take_indices
 from ..layers.conv import ConvMlp, LayerNorm2d
 from ..layers.drop import DropPath, drop_path_rates
@@ -97,7 +97,7 @@ PARTITIONS = {"block": (block_partition, block_reverse), "grid": (grid_partition
 
 
 # ---- attention ----------------------------------------------------------------------------------------------
-class Attention2d(_AttentionBase):
+class Attention2d(AttentionBase):
     """Self-attention over every position of a (B, C, H, W) map, plus a relative position bias for an
     H×W window (CoAtNet). Projections are 1×1 convs; qkv channels are head-first, (heads, 3·hd), and the
     output projection may widen C → dim_out. Keys and shapes as timm's Attention2d."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..layers.attention import _AttentionBase
+from ..layers.attention import AttentionBase
 from ..layers.checks import take_indices
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.mlp import Mlp
@@ -56,7 +56,7 @@ class SwinConfig:
 
 
 # ---- attention and blocks ----------------------------------------------------------------------------------
-class WindowAttention(_AttentionBase):
+class WindowAttention(AttentionBase):
     """Multi-head self-attention inside each window, with a learned relative position bias.
 
     Keys as timm's: qkv, proj, relative_position_bias_table (the index buffer is not saved).
