@@ -69,13 +69,13 @@ def model_config(name: str, **overrides) -> Any:
 def create_model(name: str, *, checkpoint: str | None = None, **overrides) -> nn.Module:
     """Build a registered model. `overrides` change config fields: num_classes, img_size, in_chans, depth, ...
 
-    checkpoint: a weights file to load strictly into the model (safetensors, or a pickle read
-    with weights_only=True).
+    checkpoint: weights to load strictly: any checkpoint `vitkit.load_pretrained` reads (a vitkit,
+    timm, Hugging Face, torchvision or JAX checkpoint), fitted to a new img_size or num_classes.
     """
+    if checkpoint is not None:
+        from .weights.pretrained import load_pretrained
+        return load_pretrained(checkpoint, name, **overrides).train()
     cfg = model_config(name, **overrides)
     model = get_entry(name).builder(cfg)
     model.model_name = name
-    if checkpoint is not None:
-        from .weights import load_weights_into
-        load_weights_into(model, checkpoint)
     return model

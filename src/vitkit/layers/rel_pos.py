@@ -27,6 +27,8 @@ CoAtNet: truncated normal, std 0.02; BEiT: zeros).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -102,3 +104,58 @@ class RelativePositionBias(nn.Module):
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, class_token={self.class_token}"
+
+
+def _geometric_positions(src: int, dst: int) -> Tensor:
+    """Where the `src` table rows sit when stretched to cover `dst` offsets: spacing grows geometrically away
+    from 0 (UniLM's BEiT fine-tuning recipe, which timm follows), so near offsets keep their resolution."""
+    lo, hi = 1.01, 1.5
+    while hi - lo > 1e-6:  # solve 1 + q + … + q^(src//2 - 1) = dst // 2 for q by bisection
+        q = (lo + hi) / 2.0
+        if (1.0 - q ** (src // 2)) / (1.0 - q) > dst // 2:
+            hi = q
+        else:
+            lo = q
+    dis, cur = [], 1.0
+    for i in range(src // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    return torch.tensor([-d for d in reversed(dis)] + [0.0] + dis)
+
+
+def _interp_1d(z: Tensor, xs: Tensor, targets: Tensor, dim: int) -> Tensor:
+    """Piecewise-linear interpolation of z along `dim` from sample points xs to targets (clamped at the ends)."""
+    idx = torch.searchsorted(xs, targets.clamp(xs[0], xs[-1]), right=True).clamp(1, len(xs) - 1)
+    x0, x1 = xs[idx - 1], xs[idx]
+    w = ((targets.clamp(xs[0], xs[-1]) - x0) / (x1 - x0))
+    shape = [1] * z.ndim
+    shape[dim] = -1
+    a, b = z.index_select(dim, idx - 1), z.index_select(dim, idx)
+    return a + (b - a) * w.view(shape)
+
+
+def resize_rel_pos_table(table: Tensor, new_window: int | tuple[int, int], old_window=None,
+                         num_extra: int = 0) -> Tensor:
+    """Resize a flat relative-position table (L, heads) — Swin's, BEiT's (num_extra=3 trailing [CLS] rows) —
+    for a new window. The (2Wh-1)×(2Ww-1) offset grid is resampled per head: old offsets are placed on a
+    geometric progression and read off by (bi)linear interpolation at the new integer offsets, as timm's
+    `resize_rel_pos_bias_table` does by default. The extra rows are kept. Returns (L', heads)."""
+    nh, nw = (new_window, new_window) if isinstance(new_window, int) else new_window
+    dst = (2 * nh - 1, 2 * nw - 1)
+    if old_window is None:
+        side = math.isqrt(table.shape[0] - num_extra)
+        src = (side, side)
+    else:
+        oh, ow = (old_window, old_window) if isinstance(old_window, int) else old_window
+        src = (2 * oh - 1, 2 * ow - 1)
+    if src[0] * src[1] != table.shape[0] - num_extra:
+        raise ValueError(f"a table of {table.shape[0]} rows with {num_extra} extra does not fit a {src[0]}×{src[1]} "
+                         f"offset grid; pass old_window")
+    if src == dst:
+        return table
+    grid, extra = table[: table.shape[0] - num_extra], table[table.shape[0] - num_extra:]
+    z = grid.float().T.reshape(-1, src[0], src[1])  # (heads, 2Wh-1, 2Ww-1)
+    ty, tx = (torch.arange(-(d // 2), d // 2 + 0.1, 1.0) for d in dst)
+    z = _interp_1d(z, _geometric_positions(src[0], dst[0]), ty, dim=1)
+    z = _interp_1d(z, _geometric_positions(src[1], dst[1]), tx, dim=2)  # (heads, dst_h, dst_w)
+    return torch.cat([z.reshape(z.shape[0], -1).T.to(table.dtype), extra])

@@ -116,10 +116,12 @@ def _must_exist(path: Path) -> None:
         raise CheckpointError(f"{path} is a folder; pass the weights file inside it")
 
 
-def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Raise one CheckpointError naming every missing, unexpected and mis-shaped key, or return."""
+def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint",
+                     ignore_missing: list[str] | tuple[str, ...] = ()) -> None:
+    """Raise one CheckpointError naming every missing, unexpected and mis-shaped key, or return.
+    ignore_missing: keys the caller leaves out on purpose (a freshly initialised head)."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]  # in the model's order: top-level tensors first
+    missing = [k for k in expected if k not in state and k not in ignore_missing]  # model order: top level first
     unexpected = [k for k in state if k not in expected]
     misshaped = [k for k in expected if k in state and tuple(expected[k].shape) != tuple(state[k].shape)]
     if not (missing or unexpected or misshaped):

@@ -1,0 +1,114 @@
+"""`load_pretrained`: any supported checkpoint → a ready vitkit model.
+
+Dialects, tried in this order (see converted.py for what each one returns):
+    vitkit        a vitkit checkpoint (safetensors whose header says format: vitkit)
+    hf            a Hugging Face transformers folder (config.json + model.safetensors / pytorch_model.bin)
+    jax           the original JAX release (.npz)
+    torchvision   a torchvision state dict (needs the architecture name unless its keys say it)
+    timm          a plain timm / vitkit state dict (needs the architecture name)
+
+The weights are then fitted to the model being built: learned position embeddings are resampled
+(2-D bicubic, prefix tokens kept) and relative-position tables resized when the image or window
+size differs, and a head for another number of classes is left freshly initialised when you ask
+for `num_classes`. Everything else must fit exactly: one clear report otherwise.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ..layers.pos_embed import resample_abs_pos_embed
+from ..layers.rel_pos import resize_rel_pos_table
+from ..registry import create_model
+from .checkpoint import is_vitkit_checkpoint, load_checkpoint
+from .converted import Converted
+from .io import CheckpointError, check_state_dict, read_state_dict
+
+
+DIALECTS = ("hf", "jax", "torchvision")  # modules of this package with detect()/read(), tried in this order
+
+
+def _dialects() -> dict:
+    """The dialect modules, imported when first needed. A dialect whose module is absent is skipped;
+    an error inside one is not."""
+    found = {}
+    for dialect in DIALECTS:
+        try:
+            found[dialect] = importlib.import_module(f"{__package__}.{dialect}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{dialect}":
+                raise
+    return found
+
+
+def read_any(path: str | Path, name: str | None = None, *, trust_pickle: bool = False) -> Converted:
+    """Read a checkpoint of any supported dialect into vitkit's keys (no model is built)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_file() and is_vitkit_checkpoint(path):
+        ckpt = load_checkpoint(path)
+        return Converted(name or ckpt.model_name, ckpt.state, dict(ckpt.overrides) if name in (None, ckpt.model_name)
+                         else {}, ckpt.classes or None, "vitkit")
+    for module in _dialects().values():
+        if module.detect(path):
+            return module.read(path, name, trust_pickle=trust_pickle)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder but not a Hugging Face model folder (no config.json with "
+                              f"model.safetensors or pytorch_model.bin); pass the weights file itself")
+    if name is None:
+        raise CheckpointError(f"{path} is a plain state dict, which does not say what architecture it is for; pass "
+                              f"the model name, e.g. load_pretrained({str(path)!r}, 'vit_base_patch16_224')")
+    return Converted(name, read_state_dict(path, trust_pickle=trust_pickle), {}, None, "timm")
+
+
+def adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Fit position tables in `state` to `model` where only the image or window size differs."""
+    expected = model.state_dict()
+    out = dict(state)
+    for key, value in state.items():
+        if key not in expected or expected[key].shape == value.shape:
+            continue
+        target = expected[key].shape
+        if key == "pos_embed" and value.ndim == 3:
+            prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
+            new_grid = tuple(model.patch_embed.grid_size)
+            out[key] = resample_abs_pos_embed(value, new_grid, num_prefix_tokens=prefix)
+        elif key.endswith("relative_position_bias_table") and value.ndim == 2:
+            extra = _extra_rows(target[0])
+            new_side = (math.isqrt(target[0] - extra) + 1) // 2
+            out[key] = resize_rel_pos_table(value, new_side, num_extra=extra)
+    return out
+
+
+def _extra_rows(rows: int) -> int:
+    """0 for a Swin table ((2W-1)² rows), 3 for BEiT's ((2W-1)² + 3: the [CLS] rows)."""
+    return 0 if math.isqrt(rows) ** 2 == rows else 3
+
+
+def load_pretrained(path: str | Path, name: str | None = None, *, trust_pickle: bool = False,
+                    **overrides) -> nn.Module:
+    """Build the model a checkpoint is for and load it, in eval mode.
+
+    path: a vitkit checkpoint, Hugging Face folder, JAX .npz, torchvision or timm state dict.
+    name: the registered model name; needed for plain state dicts, optional otherwise.
+    overrides: create_model options, e.g. img_size=384 (position tables are resampled to fit),
+        num_classes=10 (the checkpoint's head is dropped and a fresh one initialised).
+    The label names, when the checkpoint has them, are in `model.pretrained_classes`.
+    """
+    converted = read_any(path, name, trust_pickle=trust_pickle)
+    model = create_model(converted.model_name, **{**converted.overrides, **overrides})
+    state = adapt_state_dict(model, converted.state)
+    fresh_head: list[str] = []
+    if "num_classes" in overrides:  # a new head: drop the checkpoint's if it does not fit
+        expected = model.state_dict()
+        fresh_head = [k for k in expected if k.startswith("head") and k in state
+                      and state[k].shape != expected[k].shape]
+        state = {k: v for k, v in state.items() if k not in fresh_head}
+    check_state_dict(model, state, source=f"{path} ({converted.source})", ignore_missing=fresh_head)
+    model.load_state_dict(state, strict=not fresh_head)
+    model.pretrained_classes = None if fresh_head else converted.classes
+    return model.eval()
