@@ -5,9 +5,10 @@ import argparse
 import os
 import sys
 
-from . import data, evaluate, models, predict, train
+from . import convert, data, evaluate, models, predict, train
 
-COMMANDS = {"models": models, "train": train, "eval": evaluate, "predict": predict, "data": data}
+COMMANDS = {"models": models, "train": train, "eval": evaluate, "predict": predict, "data": data,
+            "convert": convert}
 
 DESCRIPTION = """\
 vitkit: train, evaluate and use Vision Transformers.

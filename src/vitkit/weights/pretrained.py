@@ -61,7 +61,7 @@ def read_any(path: str | Path, name: str | None = None, *, trust_pickle: bool = 
                               f"model.safetensors or pytorch_model.bin); pass the weights file itself")
     if name is None:
         raise CheckpointError(f"{path} is a plain state dict, which does not say what architecture it is for; pass "
-                              f"the model name, e.g. load_pretrained({str(path)!r}, 'vit_base_patch16_224')")
+                              f"the model name (--name on the command line), e.g. load_pretrained({str(path)!r}, 'vit_base_patch16_224')")
     return Converted(name, read_state_dict(path, trust_pickle=trust_pickle), {}, None, "timm")
 
 
