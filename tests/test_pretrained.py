@@ -87,3 +87,13 @@ def test_unclear_input_gets_a_clear_error(tmp_path):
         vitkit.load_pretrained(tmp_path / "missing.safetensors", "vit_pico_patch2_8")
     with pytest.raises(CheckpointError, match="does not fit vit_tiny_patch16_224"):
         vitkit.load_pretrained(tmp_path / "plain.safetensors", "vit_tiny_patch16_224")
+
+
+def test_batchnorm_counters_missing_from_older_files_are_supplied(tmp_path):
+    model = vitkit.create_model("resnet18", num_classes=4).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old_torchvision_resnet18.pth")
+    loaded = vitkit.load_pretrained(tmp_path / "old_torchvision_resnet18.pth", "resnet18", num_classes=4)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

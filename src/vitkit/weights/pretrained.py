@@ -18,6 +18,7 @@ import importlib
 import math
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ..layers.pos_embed import resample_abs_pos_embed
@@ -66,9 +67,13 @@ def read_any(path: str | Path, name: str | None = None, *, trust_pickle: bool = 
 
 
 def adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Fit position tables in `state` to `model` where only the image or window size differs."""
+    """Fit `state` to `model` where only the image or window size differs (position tables), and supply
+    BatchNorm counters a file lacks."""
     expected = model.state_dict()
     out = dict(state)
+    for key in expected:  # BatchNorm's step counter is bookkeeping, absent from older (torchvision) files
+        if key.endswith("num_batches_tracked") and key not in state:
+            out[key] = torch.zeros((), dtype=torch.long)
     for key, value in state.items():
         if key not in expected or expected[key].shape == value.shape:
             continue
