@@ -13,7 +13,7 @@ JOBS ?= 2
 $(VENV)/.installed: pyproject.toml tests/requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH_SRC) torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,onnx]'
 	# Test-only references. timm goes last and without its dependencies: it asks for torchvision,
 	# which has no CPU build here; tests/timm_shim stands in for the few names it imports.
 	$(PIP) install -q $$(grep -v '^#' tests/requirements.txt | grep -v -- '--no-deps')

@@ -5,10 +5,10 @@ import argparse
 import os
 import sys
 
-from . import convert, data, evaluate, models, predict, train
+from . import convert, data, evaluate, export, models, predict, train
 
 COMMANDS = {"models": models, "train": train, "eval": evaluate, "predict": predict, "data": data,
-            "convert": convert}
+            "convert": convert, "export": export}
 
 DESCRIPTION = """\
 vitkit: train, evaluate and use Vision Transformers.

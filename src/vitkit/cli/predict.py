@@ -2,38 +2,56 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import Tensor
 
 from ..data import EvalTransform, load_image
 from ..weights import load_checkpoint
 
 
 def add_parser(sub, name):
-    p = sub.add_parser(name, help="classify images with a checkpoint",
+    p = sub.add_parser(name, help="classify images with a checkpoint or an exported .onnx file",
                        description="Print the top-k classes with probabilities for each image. Images are "
-                                   "converted to the checkpoint's channels and resized to its input size.")
-    p.add_argument("checkpoint", help="a vitkit checkpoint, e.g. runs/demo/best.safetensors")
+                                   "converted to the model's channels and resized to its input size. An .onnx "
+                                   "file written by `vitkit export` runs in onnxruntime instead of PyTorch.")
+    p.add_argument("checkpoint", help="a vitkit checkpoint (e.g. runs/demo/best.safetensors) or an .onnx file "
+                                      "from `vitkit export`")
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
 
 
+def load_backend(path: str) -> tuple[Callable[[Tensor], Tensor], dict]:
+    """(images (B, C, H, W) normalised → logits (B, K), data record: classes, mean, std, img_size, in_chans).
+
+    An .onnx file runs in onnxruntime; anything else is read as a vitkit checkpoint and runs in PyTorch.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from ..export import OnnxClassifier
+        model = OnnxClassifier(path)
+        return model, model.data
+    ckpt = load_checkpoint(path)
+    return ckpt.build_model(), dict(ckpt.data, classes=ckpt.classes)
+
+
 @torch.no_grad()
-def predict(ckpt, paths: list[str], top_k: int) -> list[dict]:
-    d = ckpt.data
-    model = ckpt.build_model()
-    size = tuple(d["img_size"])
-    batch = torch.stack([load_image(p, in_chans=d["in_chans"], img_size=size) for p in paths])
-    probs = model(EvalTransform(size, d["mean"], d["std"])(batch)).softmax(dim=-1)
+def predict(model: Callable[[Tensor], Tensor], data: dict, paths: list[str], top_k: int) -> list[dict]:
+    size = tuple(data["img_size"])
+    batch = torch.stack([load_image(p, in_chans=data["in_chans"], img_size=size) for p in paths])
+    probs = model(EvalTransform(size, data["mean"], data["std"])(batch)).softmax(dim=-1)
     top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-    return [{"image": str(p), "top": [{"label": ckpt.classes[i], "prob": round(float(v), 6)}
+    classes = data["classes"]
+    return [{"image": str(p), "top": [{"label": classes[i], "prob": round(float(v), 6)}
                                       for v, i in zip(vals.tolist(), idx.tolist())]}
             for p, vals, idx in zip(paths, top.values, top.indices)]
 
 
 def run(args) -> int:
-    results = predict(load_checkpoint(args.checkpoint), args.images, args.top_k)
+    model, data = load_backend(args.checkpoint)
+    results = predict(model, data, args.images, args.top_k)
     for r in results:
         if args.json:
             print(json.dumps(r))
