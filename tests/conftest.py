@@ -42,6 +42,28 @@ def timm():
     return pytest.importorskip("timm")
 
 
+@pytest.fixture(scope="session")
+def transformers():
+    """The transformers module, or a skip where it is not installed.
+
+    It is first imported with the torchvision stand-in out of sight: transformers would take the stand-in for
+    torchvision and import parts of it that it does not have. transformers caches that check
+    (is_torchvision_available), so it stays "no torchvision" after the stand-in is back for timm.
+    """
+    hidden = {n: sys.modules.pop(n) for n in list(sys.modules) if n == "torchvision" or n.startswith("torchvision.")}
+    shim = [p for p in sys.path if p == str(_SHIM)]
+    for p in shim:
+        sys.path.remove(p)
+    try:
+        module = pytest.importorskip("transformers")
+        from transformers.utils.import_utils import is_torchvision_available
+        is_torchvision_available()
+    finally:
+        sys.path[:0] = shim
+        sys.modules.update(hidden)
+    return module
+
+
 # A ViT small enough that any test can build and run it in milliseconds on a CPU.
 TINY_VIT = dict(img_size=32, patch_size=16, embed_dim=48, depth=2, num_heads=3)
 

@@ -48,3 +48,19 @@ def test_convert_without_a_name_for_a_plain_state_dict_says_so(tmp_path, capsys)
     torch.save(vitkit.create_model("vit_pico_patch2_8").state_dict(), tmp_path / "plain.pth")
     assert main(["convert", str(tmp_path / "plain.pth"), str(tmp_path / "x.safetensors")]) == 2
     assert "--name" in capsys.readouterr().err
+
+
+def test_vitkit_to_hf_to_vitkit_is_exact_and_checked_against_transformers(tmp_path, transformers):
+    from vitkit.weights import save_checkpoint
+    model = perturb(vitkit.create_model("vit_tiny_patch16_224", depth=1, img_size=32, num_classes=3))
+    save_checkpoint(tmp_path / "a.safetensors", model=model, model_name="vit_tiny_patch16_224",
+                    overrides={"depth": 1, "img_size": 32, "num_classes": 3}, data={"classes": ["x", "y", "z"]})
+    to_hf = convert(tmp_path / "a.safetensors", tmp_path / "hf", to="hf")
+    assert (tmp_path / "hf" / "config.json").exists()
+    back = convert(tmp_path / "hf", tmp_path / "b.safetensors", to="vitkit")
+    assert back.source == "hf" and back.reference.startswith("transformers")
+    assert back.max_abs_diff is not None and back.max_abs_diff <= 1e-4
+    assert to_hf.max_abs_diff is None or to_hf.max_abs_diff <= 1e-4
+    returned = load_checkpoint(tmp_path / "b.safetensors")
+    assert returned.classes == ["x", "y", "z"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in returned.state.items())

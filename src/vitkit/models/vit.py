@@ -14,11 +14,12 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from ..layers import Block, LayerNorm6, PatchEmbed, drop_path_rates, resample_abs_pos_embed, sincos_2d
+from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, sincos_2d
 from ..layers.checks import take_indices
 from ..registry import ModelEntry, register
 from ._common import check_global_pool, new_head, pool_tokens
@@ -35,6 +36,7 @@ class ViTConfig:
     num_heads: int = 12                     # attention heads per block
     mlp_ratio: float = 4.0                  # MLP hidden width = mlp_ratio · D
     qkv_bias: bool = True                   # bias on the q, k, v projections
+    norm_eps: float = 1e-6                  # LayerNorm epsilon: 1e-6 as the ViT release (transformers' ViTs: 1e-12)
     class_token: bool = True                # prepend a learned [CLS] token
     reg_tokens: int = 0                     # learned register tokens after [CLS] (Darcet et al.)
     pos_embed: str = "learn"                # 'learn' | 'sincos' (fixed 2-D) | 'none'
@@ -78,14 +80,15 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {cfg.pos_embed!r}")
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
 
+        norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
         self.blocks = nn.Sequential(*[
             Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
-                  drop_path=dpr, init_values=cfg.init_values)
+                  drop_path=dpr, init_values=cfg.init_values, norm_layer=norm_layer)
             for dpr in drop_path_rates(cfg.drop_path_rate, cfg.depth)
         ])
         use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
-        self.norm = nn.Identity() if use_fc_norm else LayerNorm6(D)
-        self.fc_norm = LayerNorm6(D) if use_fc_norm else nn.Identity()
+        self.norm = nn.Identity() if use_fc_norm else norm_layer(D)
+        self.fc_norm = norm_layer(D) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         if cfg.head_hidden_size:
             self.pre_logits = nn.Sequential()
