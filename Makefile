@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_SRC := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
 JOBS ?= 2
 
-.PHONY: install demo test test-slow test-all bench clean
+.PHONY: install browser demo test test-slow test-all clean
 
 $(VENV)/.installed: pyproject.toml tests/requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,18 @@ $(VENV)/.installed: pyproject.toml tests/requirements.txt Makefile
 
 install: $(VENV)/.installed
 
+# Headless Chromium for the explain report's browser test. Best effort: without it that test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium not installed: the browser test will be skipped"; }
+
 demo: install
 	$(VENV)/bin/vitkit train --name demo --overwrite
 	$(VENV)/bin/vitkit data export digits runs/demo/held_out --split val --count 6 --seed 0
 	$(VENV)/bin/vitkit predict runs/demo/best.safetensors runs/demo/held_out/*/*.png --top-k 3
 
-test: install
+test: install browser
 	$(PY) -m pytest -n $(JOBS) -q
 
 test-slow: install
