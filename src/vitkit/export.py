@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .layers.patch_embed import to_2tuple
+from .models._common import eval_mode
 from .registry import get_entry
 from .weights import atomic_write
 from .weights.io import to_json
@@ -66,16 +67,6 @@ def _require(*modules: str) -> None:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 @contextmanager
@@ -125,7 +116,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, img_size: int | tuple[int
     # a batch of 2: torch.export would specialise an example batch of 1 into the graph
     example = torch.randn(2 if dynamic_batch else 1, in_chans, h, w, device=_device(model))
     name = getattr(model, "model_name", type(model).__name__)
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         num_classes = model(example[:1]).shape[-1]
         record = {"format": FORMAT, "vitkit_version": __version__, "model": name,
                   **default_metadata(name, in_chans, num_classes), **(metadata or {}),
@@ -205,7 +196,7 @@ def verify_onnx(model: nn.Module, path: str | Path, batch_sizes: Sequence[int] =
     c = onnx_model.metadata["in_chans"]
     gen = torch.Generator().manual_seed(0)
     diffs = {}
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for b in batch_sizes:
             x = torch.randn(b, c, h, w, generator=gen)
             expected = model(x.to(_device(model))).float().cpu()

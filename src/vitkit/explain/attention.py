@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import AttentionBase, record_attention
+from ..models._common import eval_mode
 
 Layers = Iterable[int | str] | None
 
@@ -46,16 +47,6 @@ def _resolve_layers(model: nn.Module, layers: Layers) -> list[str]:
         else:
             raise IndexError(f"layer {layer} is out of range: this model has {len(names)} attention layers")
     return out
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _prefix_and_grid(model: nn.Module, images: Tensor, n_tokens: int) -> tuple[int, tuple[int, int]]:
@@ -85,7 +76,7 @@ def _logits(out) -> Tensor:
 
 def _record(model: nn.Module, images: Tensor, names: list[str], heads: list[int] | None = None) -> list[Tensor]:
     """Run the model once and return the weights (B, H, N, N) of each named layer, in `names` order."""
-    with _eval(model), torch.no_grad(), record_attention(model, names, heads) as rec:
+    with eval_mode(model), torch.no_grad(), record_attention(model, names, heads) as rec:
         model(images)
     return [rec.maps[n][0] for n in names]
 
@@ -218,7 +209,7 @@ def grad_rollout(model: nn.Module, images: Tensor, target_class: int | Tensor) -
     _needs_cls(model)
     names = _resolve_layers(model, None)
     x = images.detach().clone().requires_grad_(True)  # a graph even when the parameters are frozen
-    with _eval(model), torch.enable_grad(), record_attention_with_grad(model, names) as rec:
+    with eval_mode(model), torch.enable_grad(), record_attention_with_grad(model, names) as rec:
         logits = _logits(model(x))  # (B, classes)
     weights = [rec.maps[n][0] for n in names]
     target = torch.as_tensor(target_class, device=logits.device).long().expand(logits.shape[0])

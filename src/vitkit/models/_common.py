@@ -2,7 +2,21 @@
 itself, and the fresh head reset_classifier puts on. (Not a family: models/__init__ skips modules named _*.)"""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from torch import Tensor, nn
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (dropout and drop path off) for the block, then the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def check_global_pool(global_pool: str, allowed: tuple[str, ...]) -> None:
