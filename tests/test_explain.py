@@ -259,3 +259,25 @@ def test_plots_return_figures_that_render():
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def test_cait_reads_cls_from_class_attention_and_distance_from_patch_layers():
+    """CaiT's layers see different tokens: patches only (self-attention), then [CLS] over [CLS] + patches (class
+    attention). Each analysis reads the layers it can, and rollout, which multiplies them, refuses."""
+    from vitkit.explain import attention_rollout, cls_attention, mean_attention_distance
+    from vitkit.layers import record_attention
+    model = vitkit.create_model("cait_xxs24_224", **vitkit.get_entry("cait_xxs24_224").tiny).eval()
+    size = model.cfg.img_size
+    x = torch.randn(2, 3, size, size)
+    n_self, n_class = len(model.blocks), len(model.blocks_token_only)
+    maps = cls_attention(model, x)
+    assert maps.shape[0] == n_class
+    with torch.no_grad(), record_attention(model, ["blocks_token_only.0.attn"]) as rec:
+        model(x)
+    (raw,) = rec.maps["blocks_token_only.0.attn"]  # (B, H, 1, 1 + N)
+    torch.testing.assert_close(maps[0].flatten(-2), raw[:, :, 0, 1:])
+    assert mean_attention_distance(model, x).shape == (n_self, model.blocks[0].attn.num_heads)
+    with pytest.raises(ValueError, match="rollout does not apply"):
+        attention_rollout(model, x)
+    with pytest.raises(ValueError, match="do not attend from"):
+        cls_attention(model, x, layers=["blocks.0.attn"])

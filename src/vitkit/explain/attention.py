@@ -49,19 +49,31 @@ def _resolve_layers(model: nn.Module, layers: Layers) -> list[str]:
     return out
 
 
-def _prefix_and_grid(model: nn.Module, images: Tensor, n_tokens: int) -> tuple[int, tuple[int, int]]:
-    """(number of prefix tokens, patch grid (Gh, Gw)) of a ViT-like model on these images."""
-    if not hasattr(model, "num_prefix_tokens") or not hasattr(model, "patch_embed"):
-        raise TypeError(f"{type(model).__name__} is not a ViT-like model (needs num_prefix_tokens and patch_embed); "
+def _grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
+    """The patch grid (Gh, Gw) a ViT-like model cuts these images into."""
+    if not hasattr(model, "patch_embed"):
+        raise TypeError(f"{type(model).__name__} is not a ViT-like model (needs a patch_embed); "
                         f"for Swin use window_attention_maps")
-    P = model.num_prefix_tokens
     ph, pw = model.patch_embed.patch_size
     H, W = images.shape[-2:]
-    grid = (math.ceil(H / ph), math.ceil(W / pw))  # ceil: a model built with dynamic_img_pad pads up
-    if grid[0] * grid[1] != n_tokens - P:
-        raise ValueError(f"{n_tokens} tokens with {P} prefix tokens do not fit a {grid[0]}×{grid[1]} patch grid "
-                         f"for {H}×{W} images and {ph}×{pw} patches")
-    return P, grid
+    return math.ceil(H / ph), math.ceil(W / pw)  # ceil: a model built with dynamic_img_pad pads up
+
+
+def _prefix(weights: Tensor, grid: tuple[int, int]) -> int:
+    """How many prefix tokens ([CLS], distillation, registers) a layer's keys hold before the patches. Read off
+    each layer, since not every layer sees the same tokens (CaiT: patches only, then [CLS] + patches)."""
+    P = weights.shape[-1] - grid[0] * grid[1]
+    if P < 0:
+        raise ValueError(f"{weights.shape[-1]} keys do not fit a {grid[0]}×{grid[1]} patch grid")
+    return P
+
+
+def _same_tokens_everywhere(model: nn.Module, weights: list[Tensor]) -> None:
+    """Rollout multiplies the layers' matrices, so every layer must attend over the same tokens."""
+    shapes = {tuple(w.shape[-2:]) for w in weights}
+    if len(shapes) > 1:
+        raise ValueError(f"{type(model).__name__}'s layers attend over different tokens {sorted(shapes)} (CaiT: "
+                         f"patches only, then [CLS] over the patches), so rollout does not apply; use cls_attention")
 
 
 def _needs_cls(model: nn.Module) -> None:
@@ -91,10 +103,14 @@ def cls_attention(model: nn.Module, images: Tensor, layers: Layers = None,
     out, so a map sums to 1 minus what [CLS] gives the prefix tokens.
     """
     _needs_cls(model)
+    Gh, Gw = grid = _grid(model, images)
     names = _resolve_layers(model, layers)
     weights = _record(model, images, names, heads)
-    P, (Gh, Gw) = _prefix_and_grid(model, images, weights[0].shape[-1])
-    maps = torch.stack([w[:, :, 0, P:] for w in weights])  # (L, B, heads, Gh·Gw)
+    with_cls = [(n, w) for n, w in zip(names, weights) if _prefix(w, grid) > 0]  # query 0 is [CLS] there
+    if layers is not None and len(with_cls) < len(names):
+        missing = sorted(set(names) - {n for n, _ in with_cls})
+        raise ValueError(f"layer(s) {', '.join(missing)} do not attend from [CLS] (their tokens are patches only)")
+    maps = torch.stack([w[:, :, 0, _prefix(w, grid):] for _, w in with_cls])  # (L, B, heads, Gh·Gw)
     return maps.reshape(*maps.shape[:-1], Gh, Gw)
 
 
@@ -161,8 +177,10 @@ def attention_rollout(model: nn.Module, images: Tensor, head_fusion: str = "mean
     if head_fusion not in _FUSE:
         raise ValueError(f"head_fusion must be one of {', '.join(_FUSE)}, got {head_fusion!r}")
     _needs_cls(model)
+    Gh, Gw = grid = _grid(model, images)
     weights = _record(model, images, _resolve_layers(model, None))
-    P, (Gh, Gw) = _prefix_and_grid(model, images, weights[0].shape[-1])
+    _same_tokens_everywhere(model, weights)
+    P = _prefix(weights[0], grid)
     fused = [discard_lowest(_FUSE[head_fusion](w), discard_ratio) for w in weights]  # each (B, N, N)
     roll = _rollout(fused)[:, 0, P:]  # (B, Gh·Gw)
     return roll.reshape(-1, Gh, Gw).float()
@@ -215,9 +233,10 @@ def grad_rollout(model: nn.Module, images: Tensor, target_class: int | Tensor) -
     target = torch.as_tensor(target_class, device=logits.device).long().expand(logits.shape[0])
     score = logits.gather(1, target[:, None]).sum()  # images are independent: each gets its own gradient
     grads = torch.autograd.grad(score, weights)
+    _same_tokens_everywhere(model, weights)
     fused = [(w.detach() * g.clamp(min=0)).mean(dim=1) for w, g in zip(weights, grads)]  # each (B, N, N)
-    P, (Gh, Gw) = _prefix_and_grid(model, images, weights[0].shape[-1])
-    roll = _rollout(fused)[:, 0, P:]  # (B, Gh·Gw)
+    Gh, Gw = grid = _grid(model, images)
+    roll = _rollout(fused)[:, 0, _prefix(weights[0], grid):]  # (B, Gh·Gw)
     return roll.reshape(-1, Gh, Gw).float()
 
 
@@ -253,14 +272,18 @@ def mean_attention_distance(model: nn.Module, images: Tensor, patch_size: int | 
     """Mean attention distance of every head of every layer, in pixels: images (B, C, H, W) → (L, heads).
 
     See `attention_distance`. patch_size: pixels per patch (the model's by default); pass 1 for patch units.
-    Layers are recorded one at a time, so only one N×N matrix is held at once.
+    Layers are recorded one at a time, so only one N×N matrix is held at once. Only layers whose queries are
+    the patches count (CaiT's class-attention layers, where [CLS] alone queries, have no distance).
     """
+    grid = _grid(model, images)
     names = _resolve_layers(model, layers)
     out = []
     for name in names:
         (w,) = _record(model, images, [name])
-        P, grid = _prefix_and_grid(model, images, w.shape[-1])
-        out.append(attention_distance(w, grid, patch_size or model.patch_embed.patch_size, P))
+        if w.shape[-2] == w.shape[-1]:
+            out.append(attention_distance(w, grid, patch_size or model.patch_embed.patch_size, _prefix(w, grid)))
+        elif layers is not None:
+            raise ValueError(f"layer {name} has no patch queries ([CLS] alone queries it), so no attention distance")
     return torch.stack(out)  # (L, heads)
 
 
