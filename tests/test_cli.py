@@ -14,7 +14,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("command", [None, "models", "train", "eval", "predict", "data", "convert", "export", "cost", "explain"])
+@pytest.mark.parametrize("command", [None, "models", "train", "eval", "predict", "data", "convert", "export", "cost", "explain", "bench"])
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exit_:
         main(([command] if command else []) + ["--help"])

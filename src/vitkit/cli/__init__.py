@@ -5,10 +5,10 @@ import argparse
 import os
 import sys
 
-from . import convert, cost, data, evaluate, explain, export, models, predict, train
+from . import bench, convert, cost, data, evaluate, explain, export, models, predict, train
 
 COMMANDS = {"models": models, "train": train, "eval": evaluate, "predict": predict, "data": data,
-            "convert": convert, "export": export, "cost": cost, "explain": explain}
+            "convert": convert, "export": export, "cost": cost, "explain": explain, "bench": bench}
 
 DESCRIPTION = """\
 vitkit: train, evaluate and use Vision Transformers.

@@ -1,0 +1,430 @@
+"""Throughput and memory: inference and training-step speed of a model, alone or against timm's.
+
+    bench_inference(model, batch=32, img_size=224)        # {'images_per_s', 'ms_per_batch', 'peak_mem_bytes', ...}
+    bench_train_step(model, batch=32, img_size=224)       # forward + backward + AdamW step, same keys
+    bench_onnxruntime(model, batch=32, img_size=224)      # export_onnx → onnxruntime session.run
+    compare("vit_small_patch16_224", mode="both")         # vitkit vs timm, same weights, A B A B rounds
+    run_bench("vit_small_patch16_224", ...)               # what `vitkit bench` prints
+
+Timing: `warmup` untimed calls, then `iters` timed calls of one batch each, synchronised on CUDA; the
+figure is the median, and the spread the interquartile range (25th–75th percentile).
+
+Peak memory: on CUDA, torch.cuda.max_memory_allocated over the timed calls (after reset_peak_memory_stats),
+which counts tensors only. On the CPU, the growth of the process's peak resident set size (getrusage
+ru_maxrss) across the call: a lower bound, and 0 when an earlier phase of the process had already
+reached a higher peak, since that peak never goes down. Both are reported with 'peak_mem_kind'.
+
+`compare` builds timm's model of the same name, loads vitkit's state dict into it strictly (the keys are
+equal), refuses to time the pair unless their fp32 eval logits agree within `atol` (1e-4), and then
+alternates vitkit and timm round by round, so that drift in the machine's speed (thermal, other
+processes) falls on both alike. The ratio is vitkit / timm in throughput: above 1 means vitkit is faster.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .registry import create_model, get_entry
+from .train.optim import make_optimizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("infer", "train", "both")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def resolve_device(device: str | None) -> torch.device:
+    """'cuda' where asked and present, 'cpu' otherwise; asking for CUDA without one is an error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU "
+                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: str):
+    """Mixed precision for bf16/fp16 (weights stay fp32, matmuls run in the low type); nothing for fp32."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(25th, 50th, 75th) percentiles, linearly interpolated; one value gives it three times."""
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def _peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class _PeakMemory:
+    """Peak memory across a block: CUDA max_memory_allocated, or the growth of the CPU peak RSS."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.bytes = device, 0
+        self.kind = ("cuda max_memory_allocated" if device.type == "cuda"
+                     else "cpu peak RSS growth (ru_maxrss; lower bound)")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._start = _peak_rss_bytes()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.bytes = _peak_rss_bytes() - self._start
+        return False
+
+
+def time_calls(fn: Callable[[], object], *, warmup: int, iters: int, device: torch.device) -> list[float]:
+    """Seconds per call of `fn` for `iters` timed calls after `warmup` untimed ones."""
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarise(times: list[float], batch: int) -> dict:
+    """Throughput figures from per-batch times: median images/s, ms per batch and the IQR of images/s."""
+    q1, med, q3 = quartiles(times)
+    return {"images_per_s": batch / med, "ms_per_batch": med * 1e3,
+            "images_per_s_iqr": [batch / q3, batch / q1], "iters": len(times)}
+
+
+def make_batch(model: nn.Module, batch: int, img_size: int | None, device: torch.device,
+               in_chans: int | None = None) -> tuple[Tensor, Tensor]:
+    """Random images (B, C, H, W) and labels (B,) for `model`; img_size defaults to the model's config."""
+    cfg = getattr(model, "cfg", None)
+    size = img_size or getattr(cfg, "img_size", None) or 224
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    c = in_chans or getattr(cfg, "in_chans", 3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, w, generator=gen).to(device)
+    num_classes = getattr(cfg, "num_classes", 1000) or 1000
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    return x, y
+
+
+def _infer_step(model: nn.Module, x: Tensor, device: torch.device, dtype: str) -> Callable[[], Tensor]:
+    def step():
+        with torch.inference_mode(), _autocast(device, dtype):
+            return model(x)
+    return step
+
+
+def _train_step(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, dtype: str) -> Callable[[], None]:
+    """One forward + cross-entropy + backward + AdamW step. fp16 runs without a loss scaler (speed only)."""
+    opt = make_optimizer(model, lr=1e-4, weight_decay=0.05)
+
+    def step():
+        with _autocast(device, dtype):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def maybe_compile(model: nn.Module, compile: bool) -> nn.Module:
+    return torch.compile(model) if compile else model
+
+
+# ---------------------------------------------------------------------------------------------
+# One model
+# ---------------------------------------------------------------------------------------------
+
+def bench_inference(model: nn.Module, *, batch: int = 32, img_size: int | None = None, device: str | None = "cpu",
+                    dtype: str = "fp32", warmup: int = 3, iters: int = 10) -> dict:
+    """Inference throughput of `model` (eval mode, inference_mode, autocast for bf16/fp16).
+
+    Returns {'images_per_s', 'ms_per_batch', 'images_per_s_iqr', 'iters', 'peak_mem_bytes', 'peak_mem_kind'}.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    x, _ = make_batch(model, batch, img_size, dev)
+    with _PeakMemory(dev) as mem:
+        times = time_calls(_infer_step(model, x, dev, dtype), warmup=warmup, iters=iters, device=dev)
+    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+
+
+def bench_train_step(model: nn.Module, *, batch: int = 32, img_size: int | None = None, device: str | None = "cpu",
+                     dtype: str = "fp32", warmup: int = 2, iters: int = 5) -> dict:
+    """Training-step throughput: forward + backward + AdamW step (train mode). The model's weights change.
+
+    Returns the keys of `bench_inference`.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).train()
+    x, y = make_batch(model, batch, img_size, dev)
+    with _PeakMemory(dev) as mem:
+        times = time_calls(_train_step(model, x, y, dev, dtype), warmup=warmup, iters=iters, device=dev)
+    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+
+
+def bench_onnxruntime(model: nn.Module, *, batch: int = 32, img_size: int | None = None, warmup: int = 3,
+                      iters: int = 10) -> dict:
+    """Inference throughput of the model exported with `export_onnx` and run by onnxruntime's session.run
+    (CPU execution provider, fp32). Returns the keys of `bench_inference` (memory: CPU peak RSS growth)."""
+    from .export import OnnxClassifier, export_onnx
+    model = model.cpu().eval()
+    x, _ = make_batch(model, batch, img_size, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", img_size=tuple(x.shape[-2:]), in_chans=x.shape[1])
+        runner = OnnxClassifier(path)
+        feed = {runner.input_name: x.numpy()}
+        with _PeakMemory(torch.device("cpu")) as mem:
+            times = time_calls(lambda: runner.session.run(None, feed), warmup=warmup, iters=iters,
+                               device=torch.device("cpu"))
+    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardware peak and model FLOP utilisation (CUDA only)
+# ---------------------------------------------------------------------------------------------
+
+def matmul_peak_flops(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
+                      n: int = 8192, iters: int = 10) -> float:
+    """Measured matmul throughput (FLOP/s): the best of `iters` (n×n)@(n×n) products in `dtype`.
+    A practical peak to divide by, not the data sheet's."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise RuntimeError("the matmul peak is measured on CUDA only; MFU is not reported on the CPU")
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(dev)
+    best = math.inf
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize(dev)
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * n ** 3 / best
+
+
+def model_flops_per_image(name: str, img_size: int | None = None, **overrides) -> int | None:
+    """Forward FLOPs per image from vitkit.analysis.cost (ViT family); None for models it does not cover."""
+    from .analysis.cost import build_meta, count_flops
+    if img_size is not None:
+        overrides["img_size"] = img_size
+    try:
+        return count_flops(build_meta(name, **overrides))["total"]
+    except TypeError:
+        return None
+
+
+def mfu(flops_per_image: int | None, images_per_s: float, peak_flops: float | None,
+        train: bool = False) -> float | None:
+    """Model FLOP utilisation: flops/image × images/s ÷ peak. A training step counts 3× the forward FLOPs."""
+    if not flops_per_image or not peak_flops:
+        return None
+    return flops_per_image * (3 if train else 1) * images_per_s / peak_flops
+
+
+# ---------------------------------------------------------------------------------------------
+# vitkit against timm
+# ---------------------------------------------------------------------------------------------
+
+def import_timm():
+    try:
+        import timm
+    except ImportError as e:
+        raise RuntimeError(f"--compare timm needs timm, which cannot be imported ({e}); install it with "
+                           f"`pip install timm` (and torchvision, or put tests/timm_shim on PYTHONPATH "
+                           f"where torchvision has no working build)") from e
+    return timm
+
+
+def build_pair(name: str, *, atol: float = 1e-4, **overrides) -> tuple[nn.Module, nn.Module, float]:
+    """vitkit's model and timm's model of the same name with the same weights, on the CPU in fp32.
+
+    vitkit's (randomly initialised) state dict is loaded into timm's model strictly. Returns (vitkit, timm,
+    max |Δlogit|) on one random batch in eval mode; raises RuntimeError if that exceeds `atol`.
+    """
+    timm = import_timm()
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r} to compare with; pick a name both libraries register")
+    ours = create_model(name, **overrides).eval()
+    theirs = timm.create_model(name, pretrained=False, **overrides).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x, _ = make_batch(ours, 2, overrides.get("img_size"), torch.device("cpu"))
+    with torch.no_grad():
+        diff = float((ours(x) - theirs(x)).abs().max())
+    if not diff <= atol:  # `not <=` also catches NaN
+        raise RuntimeError(f"{name}: vitkit's and timm's logits differ by {diff:.2e} with the same weights "
+                           f"(allowed {atol:.0e}); they compute different things, so timing them is meaningless")
+    return ours, theirs, diff
+
+
+def _alternate(steps: dict[str, Callable[[], object]], *, warmup: int, iters: int, device: torch.device) -> dict:
+    """Warm each step up, then time them in turn A B A B … for `iters` rounds: {key: [seconds per round]}."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    _sync(device)
+    times = {k: [] for k in steps}
+    for _ in range(iters):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def _ratio_summary(ours: list[float], theirs: list[float], batch: int) -> dict:
+    ratios = [t / o for o, t in zip(ours, theirs)]  # per round: vitkit throughput / timm throughput
+    q1, med, q3 = quartiles(ratios)
+    return {"vitkit": summarise(ours, batch), "timm": summarise(theirs, batch),
+            "ratio": med, "ratio_iqr": [q1, q3], "ratios": ratios,
+            "ratio_of_medians": statistics.median(theirs) / statistics.median(ours)}
+
+
+def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | None = None,
+            device: str | None = "cpu", dtype: str = "fp32", compile: bool = False, warmup: int = 2,
+            iters: int = 10, atol: float = 1e-4, **overrides) -> dict:
+    """vitkit against timm, same weights, same process, alternating rounds.
+
+    Returns {'model', 'max_abs_logit_diff', 'logits_checked_atol', 'infer': {...}, 'train': {...}} where each
+    mode holds 'vitkit' and 'timm' (keys of `summarise`), 'ratios' (vitkit/timm throughput in each round), 'ratio'
+    and 'ratio_iqr' (their median and interquartile range: the headline figure, since a round's two timings are
+    adjacent and drift cancels) and 'ratio_of_medians' (the two medians divided; more sensitive to drift).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    dev = resolve_device(device)
+    if img_size is not None:
+        overrides["img_size"] = img_size
+    ours, theirs, diff = build_pair(name, atol=atol, **overrides)
+    result = {"model": name, "max_abs_logit_diff": diff, "logits_checked_atol": atol}
+    models = {"vitkit": ours.to(dev), "timm": theirs.to(dev)}
+    x, y = make_batch(ours, batch, img_size, dev)
+    if mode in ("infer", "both"):
+        run = {k: maybe_compile(m.eval(), compile) for k, m in models.items()}
+        t = _alternate({k: _infer_step(m, x, dev, dtype) for k, m in run.items()}, warmup=warmup, iters=iters,
+                       device=dev)
+        result["infer"] = _ratio_summary(t["vitkit"], t["timm"], batch)
+    if mode in ("train", "both"):
+        run = {k: maybe_compile(m.train(), compile) for k, m in models.items()}
+        t = _alternate({k: _train_step(m, x, y, dev, dtype) for k, m in run.items()}, warmup=warmup, iters=iters,
+                       device=dev)
+        result["train"] = _ratio_summary(t["vitkit"], t["timm"], batch)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything `vitkit bench` reports
+# ---------------------------------------------------------------------------------------------
+
+def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype: str = "fp32",
+              compile: bool = False, device: str | None = "cpu", runtime: str = "torch", mode: str = "both",
+              compare_with: str | None = None, warmup: int = 2, iters: int = 10, **overrides) -> dict:
+    """One machine-readable record of a model's speed: environment, per-mode figures, MFU on CUDA, and the
+    comparison with timm when `compare_with='timm'`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if runtime not in ("torch", "onnxruntime"):
+        raise ValueError(f"runtime must be torch or onnxruntime, got {runtime!r}")
+    if compare_with not in (None, "timm"):
+        raise ValueError(f"--compare supports timm only, got {compare_with!r}")
+    dev = resolve_device(device)
+    get_entry(name)  # an unknown name fails here, with suggestions
+    if runtime == "onnxruntime":
+        if dev.type != "cpu" or dtype != "fp32" or compile or compare_with:
+            raise ValueError("--runtime onnxruntime times fp32 inference on the CPU only; drop --device cuda, "
+                             "--dtype, --compile and --compare")
+        if mode != "infer":
+            mode = "infer"  # onnxruntime has no training step
+    if img_size is not None:
+        overrides["img_size"] = img_size
+    record = {"model": name, "batch": batch, "img_size": img_size, "dtype": dtype, "compile": compile,
+              "device": str(dev), "runtime": runtime, "mode": mode, "warmup": warmup, "iters": iters,
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()}
+    flops = model_flops_per_image(name, **overrides)
+    record["flops_per_image"] = flops
+    peak = matmul_peak_flops(dev) if dev.type == "cuda" else None
+    record["matmul_peak_flops_bf16"] = peak
+    if compare_with == "timm":
+        cmp = compare(name, mode=mode, batch=batch, device=str(dev), dtype=dtype, compile=compile,
+                      warmup=warmup, iters=iters, **overrides)
+        record["compare"] = cmp
+        for m in ("infer", "train"):
+            if m in cmp:
+                record[m] = cmp[m]["vitkit"]
+    else:
+        model = create_model(name, **overrides)
+        if runtime == "onnxruntime":
+            record["infer"] = bench_onnxruntime(model, batch=batch, warmup=warmup, iters=iters)
+        else:
+            model = model.to(dev)
+            run = maybe_compile(model, compile)
+            if mode in ("infer", "both"):
+                record["infer"] = bench_inference(run, batch=batch, device=str(dev), dtype=dtype, warmup=warmup,
+                                                  iters=iters, img_size=img_size)
+            if mode in ("train", "both"):
+                record["train"] = bench_train_step(run, batch=batch, device=str(dev), dtype=dtype, warmup=warmup,
+                                                   iters=iters, img_size=img_size)
+    for m in ("infer", "train"):
+        if m in record:
+            record[m]["mfu"] = mfu(flops, record[m]["images_per_s"], peak, train=m == "train")
+    return record
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "cpu"
+
+
+__all__ = ["DTYPES", "MODES", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
+           "import_timm", "matmul_peak_flops", "mfu", "model_flops_per_image", "quartiles", "run_bench",
+           "time_calls"]

@@ -1,0 +1,79 @@
+"""`vitkit bench`: inference and training-step throughput and peak memory, alone or against timm."""
+from __future__ import annotations
+
+import json
+
+from ..analysis.cost import human_bytes
+from ..bench import DTYPES, MODES, run_bench
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="images/s and peak memory for inference and a training step",
+                       description="Time inference (eval, no grad) and a training step (forward + backward + "
+                                   "AdamW) on random images: median images/s over --iters batches after --warmup "
+                                   "untimed ones, and peak memory (CUDA: max_memory_allocated; CPU: growth of the "
+                                   "process's peak RSS, a lower bound). --compare timm times timm's model of the "
+                                   "same name with the same weights, alternating rounds, and prints the ratio "
+                                   "vitkit/timm with its interquartile range. On CUDA it also prints model FLOP "
+                                   "utilisation against a measured bf16 matmul peak (ViT family).")
+    p.add_argument("model", help="a registered model name, e.g. vit_small_patch16_224")
+    p.add_argument("--batch", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                   help="fp32, or autocast to bf16/fp16 with fp32 weights (default: fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model(s) first")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda where present, else cpu")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: export to ONNX and time session.run (CPU, fp32, inference only)")
+    p.add_argument("--mode", choices=list(MODES), default="both", help="what to time (default: both)")
+    p.add_argument("--compare", choices=["timm"], help="also time timm's model with the same weights")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default: 2)")
+    p.add_argument("--iters", type=int, default=10, help="timed batches, or A/B rounds with --compare (default: 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _line(label: str, r: dict) -> str:
+    lo, hi = r["images_per_s_iqr"]
+    text = (f"  {label:<7}{r['images_per_s']:>10.1f} images/s  (IQR {lo:.1f}–{hi:.1f}; "
+            f"{r['ms_per_batch']:.1f} ms/batch)")
+    if "peak_mem_bytes" in r:
+        text += f"  peak mem {human_bytes(r['peak_mem_bytes'])}"
+    if r.get("mfu") is not None:
+        text += f"  MFU {100 * r['mfu']:.1f}%"
+    return text
+
+
+def run(args) -> int:
+    record = run_bench(args.model, batch=args.batch, img_size=args.img_size, dtype=args.dtype, compile=args.compile,
+                       device=args.device, runtime=args.runtime, mode=args.mode, compare_with=args.compare,
+                       warmup=args.warmup, iters=args.iters)
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"{record['model']}  batch {record['batch']}, {record['dtype']}, {record['device']} "
+          f"({record['device_name']}, "
+          f"{record['threads']} threads), {record['runtime']}{', compiled' if record['compile'] else ''}, "
+          f"torch {record['torch']}")
+    cmp = record.get("compare")
+    for mode in ("infer", "train"):
+        if mode not in record:
+            continue
+        if cmp is None:
+            print(_line(mode, record[mode]))
+            continue
+        c = cmp[mode]
+        print(f"{mode}")
+        print(_line("vitkit", c["vitkit"]))
+        print(_line("timm", c["timm"]))
+        lo, hi = c["ratio_iqr"]
+        print(f"  ratio vitkit/timm {c['ratio']:.3f}  (median of {len(c['ratios'])} per-round ratios, IQR "
+              f"{lo:.3f}–{hi:.3f}; ratio of the medians {c['ratio_of_medians']:.3f})")
+    if cmp is not None:
+        print(f"same weights: max |Δlogit| {cmp['max_abs_logit_diff']:.1e} "
+              f"(checked ≤ {cmp['logits_checked_atol']:.0e})")
+    if "peak_mem_bytes" in record.get("infer", record.get("train", {})):
+        kind = record.get("infer", record.get("train"))["peak_mem_kind"]
+        print(f"peak memory: {kind}")
+    if record["device"].startswith("cpu"):
+        print("MFU: not reported on the CPU")
+    return 0
