@@ -46,7 +46,6 @@ Arrays are read with numpy.load(allow_pickle=False): nothing in the file is exec
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import zipfile
@@ -56,8 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..registry import get_entry, list_models, model_config
-from .converted import Converted
+from ..registry import list_models, model_config
+from .converted import Converted, registered_family, resolve_name
 from .io import CheckpointError
 
 PREFIXES = ("", "opt/target/", "params/", "params/img/")  # where releases put the model's parameters
@@ -67,7 +66,6 @@ NAMINGS = {
     "Linen (big_vision, later releases)": ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0"),
 }
 # Config fields a checkpoint may change on the named model; every other field must agree with the file.
-FREE_FIELDS = frozenset({"img_size", "num_classes", "head_hidden_size", "in_chans"})
 
 
 # ---- the dialect contract --------------------------------------------------------------------------------------
@@ -308,20 +306,13 @@ class _Reader:
         else:
             default = _vit_name(D, dims["depth"], dims["num_heads"], dims["mlp"], P, arch["img_size"])
         if name is not None:
-            family = _family(name, self.path)
+            family = registered_family(name, self.path)
             if (family == "vit_hybrid") != hybrid or family not in ("vit", "vit_hybrid"):
                 raise CheckpointError(f"{self.path} holds a {'hybrid ResNet + ViT' if hybrid else 'plain ViT'}, but "
                                       f"{name!r} is a {family} model; pass the matching name, or name=None to pick "
                                       f"it from the file")
         model_name, overrides = resolve_name(name, default, arch, self.path, describe=_describe(arch, hybrid))
         return Converted(model_name, state, overrides, None, "jax")
-
-
-def _family(name: str, path: Path) -> str:
-    try:
-        return get_entry(name).family
-    except KeyError as e:
-        raise CheckpointError(f"cannot load {path} as {name!r}: {e.args[0]}") from None
 
 
 def _vit_name(D: int, depth: int, heads: int, mlp: int, P: int, img: int) -> str:
@@ -351,30 +342,3 @@ def _describe(arch: dict, hybrid: bool = False) -> str:
     return s
 
 
-def resolve_name(name: str | None, default: str, arch: dict, path: Path, describe: str,
-                 free: frozenset = FREE_FIELDS) -> tuple[str, dict]:
-    """(registered name, overrides) for weights whose config fields are `arch`.
-
-    name None: `default`, with every field of `arch` that differs from it as an override. A given `name` must
-    agree with `arch` on every field but those in `free`, or a CheckpointError says what differs.
-    """
-    model_name = name or default
-    _family(model_name, path)  # a clear error for an unknown name
-    cfg = model_config(model_name)
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    overrides = {f: v for f, v in arch.items() if f in fields and _differs(getattr(cfg, f), v)}
-    if name is not None:
-        clash = {f: v for f, v in overrides.items() if f not in free}
-        if clash:
-            what = ", ".join(f"{f} {v!r} (the model has {getattr(cfg, f)!r})" for f, v in clash.items())
-            raise CheckpointError(f"{path} does not fit {name!r}: the file's architecture ({describe}) differs in "
-                                  f"{what}. Pass the matching model name, or name=None to pick it from the file")
-    return model_name, overrides
-
-
-def _differs(a, b) -> bool:
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return tuple(a) != tuple(b)
-    if isinstance(a, tuple) and isinstance(b, int):  # img_size (224, 224) vs 224
-        return a != (b, b)
-    return a != b

@@ -53,10 +53,8 @@ import torch
 from torch import Tensor
 
 from ..registry import model_config
-from .converted import Converted
+from .converted import Converted, registered_family, resolve_name
 from .io import CheckpointError, read_state_dict
-from .jax import _family as registered_family
-from .jax import resolve_name
 
 # torchvision builder name → the registered vitkit model with the same architecture.
 ARCHS = {
