@@ -587,3 +587,44 @@ def test_merged_bool_and_float_mask_gives_the_same_attention_as_applying_both():
     merged = merge_masks(allowed, bias)
     ref_out, _ = reference_attention(q, k, v, mask=allowed, bias=bias)
     torch.testing.assert_close(attend(q, k, v, mask=merged).out.double(), ref_out, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Only the first queries: what a head that reads [CLS] needs of the last block
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_first_queries_equal_the_first_rows_of_full_attention(qkv_bias):
+    attn = Attention(32, num_heads=4, qkv_bias=qkv_bias).eval()
+    x = torch.randn(2, 7, 32)
+    full = attn(x)
+    for n in (1, 3, 7):
+        part = attn(x, n_queries=n)
+        assert part.shape == (2, n, 32)
+        torch.testing.assert_close(part, full[:, :n], atol=1e-6, rtol=0)
+
+
+def test_first_queries_cut_a_per_query_bias_and_keep_a_broadcast_mask():
+    attn = Attention(32, num_heads=4).eval()
+    x = torch.randn(2, 7, 32)
+    bias = torch.randn(4, 7, 7)                                           # per query and key
+    keys = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])[:, None, None, :]  # (B, 1, 1, Nk): per key only
+    full = attn(x, mask=keys, bias=bias)
+    torch.testing.assert_close(attn(x, mask=keys, bias=bias, n_queries=2), full[:, :2], atol=1e-6, rtol=0)
+
+
+def test_first_queries_refuse_a_causal_mask():
+    with pytest.raises(ValueError, match="causal"):
+        Attention(32, num_heads=4)(torch.randn(1, 5, 32), causal=True, n_queries=1)
+
+
+def test_first_queries_give_the_same_gradients():
+    attn = Attention(16, num_heads=2)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    attn(x)[:, :2].square().sum().backward()
+    full = [p.grad.clone() for p in (x, *attn.parameters())]
+    x.grad = None
+    attn.zero_grad()
+    attn(x, n_queries=2).square().sum().backward()
+    for a, b in zip(full, (x, *attn.parameters())):
+        torch.testing.assert_close(b.grad, a, atol=1e-6, rtol=0)

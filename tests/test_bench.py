@@ -63,6 +63,32 @@ def test_compare_timm_same_weights(timm, tiny_vit, monkeypatch):
     assert ours.state_dict().keys() == theirs.state_dict().keys()
 
 
+def test_compare_times_the_micro_batch_path_and_names_the_best(timm, tiny_vit):
+    r = bench.compare("vit_tiny_patch16_224", mode="infer", micro_batch=1, **FAST, **tiny_vit)["infer"]
+    assert list(r["paths"]) == ["eager", "micro-batch 1"]
+    for p in r["paths"].values():
+        assert len(p["ratios"]) == 2 and math.isfinite(p["ratio"]) and p["ratio"] > 0
+        _positive(p["vitkit"])
+    assert r["paths"]["eager"]["ratio"] == r["ratio"]  # the headline ratio is the eager one
+    assert r["best_ratio"] == max(p["ratio"] for p in r["paths"].values())
+    assert r["paths"][r["best_path"]]["ratio"] == r["best_ratio"]
+    r = bench.compare("vit_tiny_patch16_224", mode="infer", micro_batch=0, **FAST, **tiny_vit)["infer"]
+    assert list(r["paths"]) == ["eager"] and r["best_path"] == "eager"
+
+
+def test_resolve_micro_batch(tiny_vit):
+    model = create_model("vit_tiny_patch16_224", **tiny_vit)
+    x = torch.randn(8, 3, 32, 32)
+    assert bench.resolve_micro_batch(model, 3, x) == 3
+    assert bench.resolve_micro_batch(model, 0, x) is None and bench.resolve_micro_batch(model, None, x) is None
+    assert bench.resolve_micro_batch(model, 8, x) is None  # no split: nothing else to time
+    assert bench.resolve_micro_batch(model, "auto", x) is None  # this tiny model fits 8 images in the budget
+    with pytest.raises(ValueError, match="auto"):
+        bench.resolve_micro_batch(model, "some", x)
+    with pytest.raises(ValueError, match="positive"):
+        bench.resolve_micro_batch(model, -2, x)
+
+
 def test_compare_refuses_different_logits(timm, tiny_vit, monkeypatch):
     """compare checks the logits itself: a timm model that computes something else is refused before timing."""
     real_create = timm.create_model
@@ -118,3 +144,22 @@ def test_cli_json(capsys, timm, monkeypatch):
     assert record["compare"]["max_abs_logit_diff"] <= 1e-4
     assert record["infer"]["images_per_s"] > 0 and record["train"]["images_per_s"] > 0
     assert record["infer"]["mfu"] is None  # CPU: no MFU
+    assert record["compare"]["infer"]["best_path"] in record["compare"]["infer"]["paths"]
+
+
+def test_cli_micro_batch_without_compare(capsys, monkeypatch):
+    import vitkit.cli
+    import vitkit.cli.bench
+    monkeypatch.setitem(vitkit.cli.COMMANDS, "bench", vitkit.cli.bench)
+    rc = main(["bench", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "3", "--warmup", "0", "--iters", "1",
+               "--device", "cpu", "--mode", "infer", "--micro-batch", "2", "--json"])
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["infer_micro"]["micro_batch"] == 2 and record["infer_micro"]["images_per_s"] > 0
+    main(["bench", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "3", "--warmup", "0", "--iters", "1",
+          "--device", "cpu", "--mode", "infer", "--micro-batch", "2"])
+    assert "2 images at a time" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "vit_tiny_patch16_224", "--micro-batch", "lots"])
+    assert e.value.code == 2
+    assert "'lots'" in capsys.readouterr().err

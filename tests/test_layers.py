@@ -386,3 +386,44 @@ def test_block_state_dict_and_output_match_timm():
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 6, 32)
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=0)
+
+
+# ---- Mlp and Block: the inference shortcuts compute the same numbers ---------------------------------------
+
+def test_mlp_in_place_gelu_without_grad_equals_the_plain_formula():
+    mlp = Mlp(8, 32).eval()
+    x = torch.randn(3, 5, 8)
+    expected = mlp.fc2(F.gelu(mlp.fc1(x)))  # with autograd on: out of place
+    before = x.clone()
+    with torch.no_grad():
+        got = mlp(x)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert torch.equal(x, before)  # the input is never written
+
+
+def test_mlp_with_grad_keeps_gelu_out_of_place():
+    mlp = Mlp(8, 32)
+    x = torch.randn(4, 8, requires_grad=True)
+    mlp(x).sum().backward()  # an in-place GELU would break autograd here
+    ref = Mlp(8, 32)
+    ref.load_state_dict(mlp.state_dict())
+    x2 = x.detach().clone().requires_grad_()
+    ref.fc2(F.gelu(ref.fc1(x2))).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(mlp.fc1.weight.grad, ref.fc1.weight.grad)
+
+
+def test_mlp_other_activations_are_left_alone():
+    mlp = Mlp(8, 16, act_layer=nn.SiLU).eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.fc2(F.silu(mlp.fc1(x))), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("init_values", [None, 0.1])
+def test_block_first_outputs_equal_the_first_rows(init_values):
+    block = Block(24, 3, init_values=init_values).eval()
+    x = torch.randn(2, 6, 24)
+    full = block(x)
+    for n in (1, 2):
+        torch.testing.assert_close(block(x, n_out=n), full[:, :n], atol=1e-6, rtol=0)

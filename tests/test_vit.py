@@ -307,3 +307,51 @@ def test_reset_classifier_refuses_an_unknown_pooling():
         model.reset_classifier(3, global_pool="max")
     model.reset_classifier(3, global_pool="avg")
     assert model.global_pool == "avg" and model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+# ---- forward skips what the head never reads -----------------------------------------------------------------
+
+def _last_mlp_tokens(model, x) -> int:
+    seen = []
+    handle = model.blocks[-1].mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("name, prefix", [("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)])
+def test_forward_runs_the_last_mlp_on_the_prefix_tokens_only(tiny_vit, name, prefix):
+    model = vitkit.create_model(name, **tiny_vit).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert _last_mlp_tokens(model, x) == prefix  # 5 tokens go in; the head reads only the prefix
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), atol=1e-5, rtol=0)
+
+
+def test_forward_keeps_every_token_for_avg_pooling_hooks_and_recorders(tiny_vit):
+    x = torch.randn(2, 3, 32, 32)
+    assert _last_mlp_tokens(vitkit.create_model("vit_tiny_patch16_224", global_pool="avg", **tiny_vit), x) == 5
+    model = vitkit.create_model("vit_tiny_patch16_224", **tiny_vit).eval()
+    shapes = []
+    handle = model.blocks[-1].register_forward_hook(lambda m, args, out: shapes.append(out.shape))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert shapes == [(2, 5, 48)]  # a hook on the last block sees what it would see in forward_features
+    with vitkit.layers.record_attention(model, ["blocks.1.attn"]) as rec, torch.no_grad():
+        model(x)
+    assert rec.maps["blocks.1.attn"][0].shape == (2, 3, 5, 5)
+
+
+def test_forward_trains_like_the_full_path(tiny_vit):
+    model = vitkit.create_model("vit_tiny_patch16_224", **tiny_vit).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    F.cross_entropy(model(x), y).backward()
+    trimmed = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    F.cross_entropy(model.forward_head(model.forward_features(x)), y).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(trimmed[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)

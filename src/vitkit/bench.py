@@ -2,8 +2,9 @@
 
     bench_inference(model, batch=32, img_size=224)        # {'images_per_s', 'ms_per_batch', 'peak_mem_bytes', ...}
     bench_train_step(model, batch=32, img_size=224)       # forward + backward + AdamW step, same keys
+    bench_inference(model, micro_batch=10)                # the same batch, fed 10 images at a time (vitkit.infer)
     bench_onnxruntime(model, batch=32, img_size=224)      # export_onnx → onnxruntime session.run
-    compare("vit_small_patch16_224", mode="both")         # vitkit vs timm, same weights, A B A B rounds
+    compare("vit_small_patch16_224", mode="both")         # vitkit vs timm, same weights, alternating rounds
     run_bench("vit_small_patch16_224", ...)               # what `vitkit bench` prints
 
 Timing: `warmup` untimed calls, then `iters` timed calls of one batch each, synchronised on CUDA; the
@@ -16,8 +17,11 @@ reached a higher peak, since that peak never goes down. Both are reported with '
 
 `compare` builds timm's model of the same name, loads vitkit's state dict into it strictly (the keys are
 equal), refuses to time the pair unless their fp32 eval logits agree within `atol` (1e-4), and then
-alternates vitkit and timm round by round, so that drift in the machine's speed (thermal, other
+alternates vitkit and timm round by round (flipping which goes first), so that drift in the machine's speed (thermal, other
 processes) falls on both alike. The ratio is vitkit / timm in throughput: above 1 means vitkit is faster.
+On the CPU, inference is also timed along a second path, the same batch fed to vitkit's model in micro-batches
+(`vitkit.infer.predict_logits`, sized by `micro_batch_size`), in the same rounds; each path gets its ratio against
+timm's plain call, and the best one is named.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .infer import micro_batch_size, predict_logits
 from .registry import create_model, get_entry
 from .train.optim import make_optimizer
 
@@ -145,11 +150,26 @@ def make_batch(model: nn.Module, batch: int, img_size: int | None, device: torch
     return x, y
 
 
-def _infer_step(model: nn.Module, x: Tensor, device: torch.device, dtype: str) -> Callable[[], Tensor]:
+def _infer_step(model: nn.Module, x: Tensor, device: torch.device, dtype: str,
+                micro_batch: int | None = None) -> Callable[[], Tensor]:
+    """One inference call on the batch x: model(x), or `micro_batch` images at a time when given."""
     def step():
         with torch.inference_mode(), _autocast(device, dtype):
-            return model(x)
+            return model(x) if micro_batch is None else predict_logits(model, x, micro_batch)
     return step
+
+
+def resolve_micro_batch(model: nn.Module, micro_batch: int | str | None, x: Tensor) -> int | None:
+    """The micro-batch path to time for batch x: 'auto' → `micro_batch_size` on the CPU (none on CUDA),
+    an int → that many images, 0 or None → none. A size that does not split the batch gives none."""
+    if micro_batch == "auto":
+        micro_batch = micro_batch_size(model, tuple(x.shape[-2:]), x.shape[0], in_chans=x.shape[1],
+                                       device=x.device)
+    elif isinstance(micro_batch, str):
+        raise ValueError(f"micro_batch must be 'auto' or a number of images, got {micro_batch!r}")
+    if micro_batch is not None and micro_batch < 0:
+        raise ValueError(f"micro_batch must be a positive number of images (0: none), got {micro_batch}")
+    return micro_batch if micro_batch and micro_batch < x.shape[0] else None
 
 
 def _train_step(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, dtype: str) -> Callable[[], None]:
@@ -174,8 +194,9 @@ def maybe_compile(model: nn.Module, compile: bool) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 def bench_inference(model: nn.Module, *, batch: int = 32, img_size: int | None = None, device: str | None = "cpu",
-                    dtype: str = "fp32", warmup: int = 3, iters: int = 10) -> dict:
-    """Inference throughput of `model` (eval mode, inference_mode, autocast for bf16/fp16).
+                    dtype: str = "fp32", warmup: int = 3, iters: int = 10, micro_batch: int | None = None) -> dict:
+    """Inference throughput of `model` (eval mode, inference_mode, autocast for bf16/fp16) on batches of `batch`,
+    fed `micro_batch` images at a time when given.
 
     Returns {'images_per_s', 'ms_per_batch', 'images_per_s_iqr', 'iters', 'peak_mem_bytes', 'peak_mem_kind'}.
     """
@@ -183,7 +204,7 @@ def bench_inference(model: nn.Module, *, batch: int = 32, img_size: int | None =
     model = model.to(dev).eval()
     x, _ = make_batch(model, batch, img_size, dev)
     with _PeakMemory(dev) as mem:
-        times = time_calls(_infer_step(model, x, dev, dtype), warmup=warmup, iters=iters, device=dev)
+        times = time_calls(_infer_step(model, x, dev, dtype, micro_batch), warmup=warmup, iters=iters, device=dev)
     return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
 
 
@@ -300,14 +321,16 @@ def build_pair(name: str, *, atol: float = 1e-4, **overrides) -> tuple[nn.Module
 
 
 def _alternate(steps: dict[str, Callable[[], object]], *, warmup: int, iters: int, device: torch.device) -> dict:
-    """Warm each step up, then time them in turn A B A B … for `iters` rounds: {key: [seconds per round]}."""
+    """Warm each step up, then time each once per round for `iters` rounds: {key: [seconds per round]}.
+    The order flips every round (A B, B A, A B, …), so neither side always runs second, on warm caches."""
     for step in steps.values():
         for _ in range(warmup):
             step()
     _sync(device)
     times = {k: [] for k in steps}
-    for _ in range(iters):
-        for k, step in steps.items():
+    for i in range(iters):
+        order = list(steps.items())
+        for k, step in (order if i % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             step()
             _sync(device)
@@ -325,13 +348,16 @@ def _ratio_summary(ours: list[float], theirs: list[float], batch: int) -> dict:
 
 def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | None = None,
             device: str | None = "cpu", dtype: str = "fp32", compile: bool = False, warmup: int = 2,
-            iters: int = 10, atol: float = 1e-4, **overrides) -> dict:
+            iters: int = 10, atol: float = 1e-4, micro_batch: int | str | None = "auto", **overrides) -> dict:
     """vitkit against timm, same weights, same process, alternating rounds.
 
     Returns {'model', 'max_abs_logit_diff', 'logits_checked_atol', 'infer': {...}, 'train': {...}} where each
     mode holds 'vitkit' and 'timm' (keys of `summarise`), 'ratios' (vitkit/timm throughput in each round), 'ratio'
     and 'ratio_iqr' (their median and interquartile range: the headline figure, since a round's two timings are
     adjacent and drift cancels) and 'ratio_of_medians' (the two medians divided; more sensitive to drift).
+    'infer' also holds 'paths': the same figures for each way vitkit ran ('eager' or 'compiled': model(x); and,
+    unless micro_batch resolves to none (see `resolve_micro_batch`; never with compile), 'micro-batch N': the batch
+    N images at a time), each against timm's model(x), and 'best_path' and 'best_ratio'.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -344,9 +370,17 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
     x, y = make_batch(ours, batch, img_size, dev)
     if mode in ("infer", "both"):
         run = {k: maybe_compile(m.eval(), compile) for k, m in models.items()}
-        t = _alternate({k: _infer_step(m, x, dev, dtype) for k, m in run.items()}, warmup=warmup, iters=iters,
-                       device=dev)
+        steps = {k: _infer_step(m, x, dev, dtype) for k, m in run.items()}
+        paths = {"compiled" if compile else "eager": "vitkit"}
+        n = None if compile else resolve_micro_batch(ours, micro_batch, x)
+        if n:
+            paths[f"micro-batch {n}"] = "vitkit micro"
+            steps["vitkit micro"] = _infer_step(ours, x, dev, dtype, n)
+        t = _alternate(steps, warmup=warmup, iters=iters, device=dev)
         result["infer"] = _ratio_summary(t["vitkit"], t["timm"], batch)
+        result["infer"]["paths"] = {p: _ratio_summary(t[k], t["timm"], batch) for p, k in paths.items()}
+        best = max(result["infer"]["paths"], key=lambda p: result["infer"]["paths"][p]["ratio"])
+        result["infer"]["best_path"], result["infer"]["best_ratio"] = best, result["infer"]["paths"][best]["ratio"]
     if mode in ("train", "both"):
         run = {k: maybe_compile(m.train(), compile) for k, m in models.items()}
         t = _alternate({k: _train_step(m, x, y, dev, dtype) for k, m in run.items()}, warmup=warmup, iters=iters,
@@ -361,9 +395,11 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
 
 def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype: str = "fp32",
               compile: bool = False, device: str | None = "cpu", runtime: str = "torch", mode: str = "both",
-              compare_with: str | None = None, warmup: int = 2, iters: int = 10, **overrides) -> dict:
+              compare_with: str | None = None, warmup: int = 2, iters: int = 10,
+              micro_batch: int | str | None = "auto", **overrides) -> dict:
     """One machine-readable record of a model's speed: environment, per-mode figures, MFU on CUDA, and the
-    comparison with timm when `compare_with='timm'`."""
+    comparison with timm when `compare_with='timm'`. Inference with PyTorch on the CPU is also timed in
+    micro-batches ('infer_micro', or the 'micro-batch N' path of the comparison) unless micro_batch is 0."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if runtime not in ("torch", "onnxruntime"):
@@ -390,7 +426,7 @@ def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype:
     record["matmul_peak_flops_bf16"] = peak
     if compare_with == "timm":
         cmp = compare(name, mode=mode, batch=batch, device=str(dev), dtype=dtype, compile=compile,
-                      warmup=warmup, iters=iters, **overrides)
+                      warmup=warmup, iters=iters, micro_batch=micro_batch, **overrides)
         record["compare"] = cmp
         for m in ("infer", "train"):
             if m in cmp:
@@ -405,10 +441,16 @@ def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype:
             if mode in ("infer", "both"):
                 record["infer"] = bench_inference(run, batch=batch, device=str(dev), dtype=dtype, warmup=warmup,
                                                   iters=iters, img_size=img_size)
+                x, _ = make_batch(model, batch, img_size, dev)
+                n = None if compile else resolve_micro_batch(model, micro_batch, x)
+                if n:
+                    record["infer_micro"] = {**bench_inference(model, batch=batch, device=str(dev), dtype=dtype,
+                                                               warmup=warmup, iters=iters, img_size=img_size,
+                                                               micro_batch=n), "micro_batch": n}
             if mode in ("train", "both"):
                 record["train"] = bench_train_step(run, batch=batch, device=str(dev), dtype=dtype, warmup=warmup,
                                                    iters=iters, img_size=img_size)
-    for m in ("infer", "train"):
+    for m in ("infer", "infer_micro", "train"):
         if m in record:
             record[m]["mfu"] = mfu(flops, record[m]["images_per_s"], peak, train=m == "train")
     return record
@@ -426,5 +468,5 @@ def _cpu_name() -> str:
 
 
 __all__ = ["DTYPES", "MODES", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
-           "import_timm", "matmul_peak_flops", "mfu", "model_flops_per_image", "quartiles", "run_bench",
-           "time_calls"]
+           "import_timm", "matmul_peak_flops", "mfu", "model_flops_per_image", "quartiles", "resolve_micro_batch",
+           "run_bench", "time_calls"]

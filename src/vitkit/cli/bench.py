@@ -1,6 +1,7 @@
 """`vitkit bench`: inference and training-step throughput and peak memory, alone or against timm."""
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..analysis.cost import human_bytes
@@ -15,7 +16,9 @@ def add_parser(sub, name):
                                    "process's peak RSS, a lower bound). --compare timm times timm's model of the "
                                    "same name with the same weights, alternating rounds, and prints the ratio "
                                    "vitkit/timm with its interquartile range. On CUDA it also prints model FLOP "
-                                   "utilisation against a measured bf16 matmul peak (ViT family).")
+                                   "utilisation against a measured bf16 matmul peak (ViT family). On the CPU, "
+                                   "inference is also timed with the batch fed in micro-batches (vitkit.infer), "
+                                   "and the faster path is named.")
     p.add_argument("model", help="a registered model name, e.g. vit_small_patch16_224")
     p.add_argument("--batch", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
@@ -27,9 +30,24 @@ def add_parser(sub, name):
                    help="onnxruntime: export to ONNX and time session.run (CPU, fp32, inference only)")
     p.add_argument("--mode", choices=list(MODES), default="both", help="what to time (default: both)")
     p.add_argument("--compare", choices=["timm"], help="also time timm's model with the same weights")
+    p.add_argument("--micro-batch", type=_micro_batch, default="auto", metavar="N|auto",
+                   help="also time inference with the batch fed N images at a time; auto (default): as many as "
+                        "keep the largest activation within 16 MiB, on the CPU only; 0: don't")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed batches, or A/B rounds with --compare (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _micro_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of images (0: none) or 'auto', got {text!r}")
+    return n
 
 
 def _line(label: str, r: dict) -> str:
@@ -46,7 +64,7 @@ def _line(label: str, r: dict) -> str:
 def run(args) -> int:
     record = run_bench(args.model, batch=args.batch, img_size=args.img_size, dtype=args.dtype, compile=args.compile,
                        device=args.device, runtime=args.runtime, mode=args.mode, compare_with=args.compare,
-                       warmup=args.warmup, iters=args.iters)
+                       warmup=args.warmup, iters=args.iters, micro_batch=args.micro_batch)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -60,14 +78,20 @@ def run(args) -> int:
             continue
         if cmp is None:
             print(_line(mode, record[mode]))
+            if mode == "infer" and "infer_micro" in record:
+                print(_line("micro", record["infer_micro"]) + f"  ({record['infer_micro']['micro_batch']} images "
+                                                              f"at a time)")
             continue
         c = cmp[mode]
         print(f"{mode}")
-        print(_line("vitkit", c["vitkit"]))
         print(_line("timm", c["timm"]))
-        lo, hi = c["ratio_iqr"]
-        print(f"  ratio vitkit/timm {c['ratio']:.3f}  (median of {len(c['ratios'])} per-round ratios, IQR "
-              f"{lo:.3f}–{hi:.3f}; ratio of the medians {c['ratio_of_medians']:.3f})")
+        for path, p in c.get("paths", {"eager": c}).items():
+            lo, hi = p["ratio_iqr"]
+            print(_line("vitkit", p["vitkit"]) + f"  [{path}]")
+            print(f"  ratio vitkit/timm {p['ratio']:.3f}  (median of {len(p['ratios'])} per-round ratios, IQR "
+                  f"{lo:.3f}–{hi:.3f}; ratio of the medians {p['ratio_of_medians']:.3f})")
+        if "best_path" in c:
+            print(f"  best path: {c['best_path']}, {c['best_ratio']:.3f}× timm's")
     if cmp is not None:
         print(f"same weights: max |Δlogit| {cmp['max_abs_logit_diff']:.1e} "
               f"(checked ≤ {cmp['logits_checked_atol']:.0e})")

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..data import EvalTransform, load_image
+from ..infer import micro_batch_size, predict_logits
 from ..weights import load_checkpoint
 
 
@@ -41,7 +42,12 @@ def load_backend(path: str) -> tuple[Callable[[Tensor], Tensor], dict]:
 def predict(model: Callable[[Tensor], Tensor], data: dict, paths: list[str], top_k: int) -> list[dict]:
     size = tuple(data["img_size"])
     batch = torch.stack([load_image(p, in_chans=data["in_chans"], img_size=size) for p in paths])
-    probs = model(EvalTransform(size, data["mean"], data["std"])(batch)).softmax(dim=-1)
+    x = EvalTransform(size, data["mean"], data["std"])(batch)
+    if isinstance(model, nn.Module):  # PyTorch: a few images at a time on the CPU (vitkit.infer)
+        logits = predict_logits(model, x, micro_batch_size(model, size, len(x), in_chans=data["in_chans"]))
+    else:
+        logits = model(x)
+    probs = logits.softmax(dim=-1)
     top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
     classes = data["classes"]
     return [{"image": str(p), "top": [{"label": classes[i], "prob": round(float(v), 6)}

@@ -56,6 +56,11 @@ def _as_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
+def _first_queries(t: Tensor | None, n: int) -> Tensor | None:
+    """A mask or bias (..., Nq, Nk) cut to its first n query rows (one that broadcasts over queries is kept)."""
+    return t if t is None or t.dim() < 2 or t.shape[-2] == 1 else t[..., :n, :]
+
+
 def attend(
     q: Tensor,
     k: Tensor,
@@ -166,11 +171,23 @@ class Attention(AttentionBase):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
-                causal: bool = False) -> Tensor:
-        """x: (B, N, D) → (B, N, D)."""
+                causal: bool = False, n_queries: int | None = None) -> Tensor:
+        """x: (B, N, D) → (B, N, D), or (B, n_queries, D) for only the first n_queries tokens' outputs (each
+        still attends to all N keys: what a head that reads only the [CLS] token needs of the last block)."""
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        if n_queries is None:
+            qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+            return self._attend(q, k, v, mask, bias, causal)
+        if causal:
+            raise ValueError("n_queries takes the first tokens as queries; a causal mask needs all of them")
+        D = self.num_heads * self.head_dim
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :n_queries], w[:D], None if b is None else b[:D])
+        q = q.reshape(B, n_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
+        kv = F.linear(x, w[D:], None if b is None else b[D:])
+        k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
+        mask, bias = (_first_queries(t, n_queries) for t in (mask, bias))
         return self._attend(q, k, v, mask, bias, causal)
 
 

@@ -33,7 +33,11 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-        """x: (B, N, D) → (B, N, D)."""
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), mask=mask, bias=bias)))
+    def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
+                n_out: int | None = None) -> Tensor:
+        """x: (B, N, D) → (B, N, D), or (B, n_out, D): the outputs of the first n_out tokens only, which still
+        attend to all N (the other tokens' queries, projections and MLP are skipped)."""
+        h = self.attn(self.norm1(x), mask=mask, bias=bias, n_queries=n_out)
+        x = x if n_out is None else x[:, :n_out]
+        x = x + self.drop_path1(self.ls1(h))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -31,10 +31,10 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = nn.ReLU()
+        self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.act2 = nn.ReLU()
+        self.act2 = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -45,8 +45,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.bn2(self.conv2(x))
-        return self.act2(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn2(self.conv2(x)))
+        x += shortcut  # in place, as the ReLUs: no second full-size tensor per block
+        return self.act2(x)
 
 
 class Bottleneck(nn.Module):
@@ -60,13 +61,13 @@ class Bottleneck(nn.Module):
         out = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = nn.ReLU()
+        self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.act2 = nn.ReLU()
+        self.act2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.act3 = nn.ReLU()
+        self.act3 = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -78,8 +79,9 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))
-        return self.act3(self.drop_path(x) + shortcut)
+        x = self.drop_path(self.bn3(self.conv3(x)))
+        x += shortcut
+        return self.act3(x)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -113,7 +115,7 @@ class ResNet(nn.Module):
 
         self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
-        self.act1 = nn.ReLU()
+        self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.feature_info = [{"num_chs": cfg.stem_width, "reduction": 2, "module": "act1"}]
 

@@ -188,7 +188,20 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        """x: (B, C, H, W) → logits (B, classes): forward_head(forward_features(x)), except that when the head
+        reads only the prefix tokens ([CLS] pooling) the last block computes only their outputs. They still
+        attend to every token, so the logits are the same; the other tokens' last MLP and projections, about
+        1/depth of the model's work, are skipped. A recorder or a forward hook on the last block turns this
+        off, so that it sees every token."""
+        last = self.blocks[-1]
+        if self.global_pool != "token" or last.attn.recorder is not None or last._forward_hooks \
+                or last._forward_pre_hooks:
+            return self.forward_head(self.forward_features(x))
+        x = self._pos_embed(self.patch_embed(x))  # (B, N, D)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        x = last(x, n_out=self.num_prefix_tokens)  # (B, prefix, D)
+        return self.forward_head(self.norm(x))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head)."""
