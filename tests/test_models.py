@@ -202,3 +202,22 @@ def test_record_attention_only_the_named_layers_and_heads():
     with pytest.raises(KeyError, match="blocks.9.attn"):
         with record_attention(model, ["blocks.9.attn"]):
             pass
+
+
+def _one_per_family() -> list[str]:
+    first: dict[str, str] = {}
+    for name in MODELS:
+        first.setdefault(vitkit.get_entry(name).family, name)
+    return sorted(first.values())
+
+
+@pytest.mark.parametrize("name", _one_per_family())
+def test_no_graph_breaks_under_torch_compile(name):
+    """torch._dynamo traces each family's forward as one graph, in eval mode and in train mode: nothing in the
+    code sends torch.compile back to Python."""
+    model, x, _ = build(name)
+    for train in (False, True):
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model.train(train))(x)
+        assert explained.graph_break_count == 0, f"{name} (train={train}): {explained.break_reasons}"
+        assert explained.graph_count == 1

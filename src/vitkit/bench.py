@@ -19,9 +19,11 @@ reached a higher peak, since that peak never goes down. Both are reported with '
 equal), refuses to time the pair unless their fp32 eval logits agree within `atol` (1e-4), and then
 alternates vitkit and timm round by round (flipping which goes first), so that drift in the machine's speed (thermal, other
 processes) falls on both alike. The ratio is vitkit / timm in throughput: above 1 means vitkit is faster.
-On the CPU, inference is also timed along a second path, the same batch fed to vitkit's model in micro-batches
-(`vitkit.infer.predict_logits`, sized by `micro_batch_size`), in the same rounds; each path gets its ratio against
-timm's plain call, and the best one is named.
+On the CPU in fp32, inference is also timed along other paths in the same rounds: the same batch fed to vitkit's
+model in micro-batches (`vitkit.infer.predict_logits`, sized by `micro_batch_size`), and the plain call under bf16
+autocast (on CPUs with AMX or AVX-512 BF16 the matmuls then run in bf16). Each path gets its ratio against timm's
+plain fp32 call, and how far its logits are from timm's (max |Δ| and top-1 agreement), since a bf16 path cannot
+stay within 1e-4. The best path, and the best that keeps fp32, are named.
 """
 from __future__ import annotations
 
@@ -348,16 +350,19 @@ def _ratio_summary(ours: list[float], theirs: list[float], batch: int) -> dict:
 
 def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | None = None,
             device: str | None = "cpu", dtype: str = "fp32", compile: bool = False, warmup: int = 2,
-            iters: int = 10, atol: float = 1e-4, micro_batch: int | str | None = "auto", **overrides) -> dict:
+            iters: int = 10, atol: float = 1e-4, micro_batch: int | str | None = "auto", bf16_path: bool = True,
+            **overrides) -> dict:
     """vitkit against timm, same weights, same process, alternating rounds.
 
     Returns {'model', 'max_abs_logit_diff', 'logits_checked_atol', 'infer': {...}, 'train': {...}} where each
     mode holds 'vitkit' and 'timm' (keys of `summarise`), 'ratios' (vitkit/timm throughput in each round), 'ratio'
     and 'ratio_iqr' (their median and interquartile range: the headline figure, since a round's two timings are
     adjacent and drift cancels) and 'ratio_of_medians' (the two medians divided; more sensitive to drift).
-    'infer' also holds 'paths': the same figures for each way vitkit ran ('eager' or 'compiled': model(x); and,
-    unless micro_batch resolves to none (see `resolve_micro_batch`; never with compile), 'micro-batch N': the batch
-    N images at a time), each against timm's model(x), and 'best_path' and 'best_ratio'.
+    'infer' also holds 'paths': the same figures for each way vitkit ran, each against timm's model(x), with the
+    path's 'dtype' and its logits' 'max_abs_logit_diff' and 'top1_agreement' against timm's: 'eager' or 'compiled'
+    (model(x)); 'micro-batch N' (the batch N images at a time; on the CPU unless micro_batch resolves to none, see
+    `resolve_micro_batch`; never with compile); 'bf16 autocast' (CPU, fp32 runs, not compiled, with bf16_path).
+    Then 'best_path' / 'best_ratio' over all paths and 'best_fp32_path' / 'best_fp32_ratio' over the fp32 ones.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -371,16 +376,28 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
     if mode in ("infer", "both"):
         run = {k: maybe_compile(m.eval(), compile) for k, m in models.items()}
         steps = {k: _infer_step(m, x, dev, dtype) for k, m in run.items()}
-        paths = {"compiled" if compile else "eager": "vitkit"}
+        paths = {"compiled" if compile else "eager": ("vitkit", dtype)}  # label → (step, dtype)
         n = None if compile else resolve_micro_batch(ours, micro_batch, x)
         if n:
-            paths[f"micro-batch {n}"] = "vitkit micro"
+            paths[f"micro-batch {n}"] = ("vitkit micro", dtype)
             steps["vitkit micro"] = _infer_step(ours, x, dev, dtype, n)
+        if bf16_path and dev.type == "cpu" and dtype == "fp32" and not compile:
+            paths["bf16 autocast"] = ("vitkit bf16", "bf16")
+            steps["vitkit bf16"] = _infer_step(ours, x, dev, "bf16")
         t = _alternate(steps, warmup=warmup, iters=iters, device=dev)
         result["infer"] = _ratio_summary(t["vitkit"], t["timm"], batch)
-        result["infer"]["paths"] = {p: _ratio_summary(t[k], t["timm"], batch) for p, k in paths.items()}
-        best = max(result["infer"]["paths"], key=lambda p: result["infer"]["paths"][p]["ratio"])
-        result["infer"]["best_path"], result["infer"]["best_ratio"] = best, result["infer"]["paths"][best]["ratio"]
+        reference = steps["timm"]().float()
+        found = result["infer"]["paths"] = {}
+        for label, (k, path_dtype) in paths.items():
+            out = steps[k]().float()
+            found[label] = {**_ratio_summary(t[k], t["timm"], batch), "dtype": path_dtype,
+                            "max_abs_logit_diff": float((out - reference).abs().max()),
+                            "top1_agreement": float((out.argmax(-1) == reference.argmax(-1)).float().mean())}
+        best = max(found, key=lambda p: found[p]["ratio"])
+        best_fp32 = max((p for p in found if found[p]["dtype"] == "fp32"), key=lambda p: found[p]["ratio"],
+                        default=None)
+        result["infer"].update(best_path=best, best_ratio=found[best]["ratio"], best_fp32_path=best_fp32,
+                               best_fp32_ratio=found[best_fp32]["ratio"] if best_fp32 else None)
     if mode in ("train", "both"):
         run = {k: maybe_compile(m.train(), compile) for k, m in models.items()}
         t = _alternate({k: _train_step(m, x, y, dev, dtype) for k, m in run.items()}, warmup=warmup, iters=iters,
@@ -396,7 +413,7 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
 def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype: str = "fp32",
               compile: bool = False, device: str | None = "cpu", runtime: str = "torch", mode: str = "both",
               compare_with: str | None = None, warmup: int = 2, iters: int = 10,
-              micro_batch: int | str | None = "auto", **overrides) -> dict:
+              micro_batch: int | str | None = "auto", bf16_path: bool = True, **overrides) -> dict:
     """One machine-readable record of a model's speed: environment, per-mode figures, MFU on CUDA, and the
     comparison with timm when `compare_with='timm'`. Inference with PyTorch on the CPU is also timed in
     micro-batches ('infer_micro', or the 'micro-batch N' path of the comparison) unless micro_batch is 0."""
@@ -426,7 +443,7 @@ def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype:
     record["matmul_peak_flops_bf16"] = peak
     if compare_with == "timm":
         cmp = compare(name, mode=mode, batch=batch, device=str(dev), dtype=dtype, compile=compile,
-                      warmup=warmup, iters=iters, micro_batch=micro_batch, **overrides)
+                      warmup=warmup, iters=iters, micro_batch=micro_batch, bf16_path=bf16_path, **overrides)
         record["compare"] = cmp
         for m in ("infer", "train"):
             if m in cmp:

@@ -33,6 +33,8 @@ def add_parser(sub, name):
     p.add_argument("--micro-batch", type=_micro_batch, default="auto", metavar="N|auto",
                    help="also time inference with the batch fed N images at a time; auto (default): as many as "
                         "keep the largest activation within 16 MiB, on the CPU only; 0: don't")
+    p.add_argument("--no-bf16-path", dest="bf16_path", action="store_false",
+                   help="with --compare on the CPU in fp32, don't also time vitkit under bf16 autocast")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed batches, or A/B rounds with --compare (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -64,7 +66,7 @@ def _line(label: str, r: dict) -> str:
 def run(args) -> int:
     record = run_bench(args.model, batch=args.batch, img_size=args.img_size, dtype=args.dtype, compile=args.compile,
                        device=args.device, runtime=args.runtime, mode=args.mode, compare_with=args.compare,
-                       warmup=args.warmup, iters=args.iters, micro_batch=args.micro_batch)
+                       warmup=args.warmup, iters=args.iters, micro_batch=args.micro_batch, bf16_path=args.bf16_path)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -89,9 +91,12 @@ def run(args) -> int:
             lo, hi = p["ratio_iqr"]
             print(_line("vitkit", p["vitkit"]) + f"  [{path}]")
             print(f"  ratio vitkit/timm {p['ratio']:.3f}  (median of {len(p['ratios'])} per-round ratios, IQR "
-                  f"{lo:.3f}–{hi:.3f}; ratio of the medians {p['ratio_of_medians']:.3f})")
+                  f"{lo:.3f}–{hi:.3f}; ratio of the medians {p['ratio_of_medians']:.3f})"
+                  + (f"; logits vs timm: max |Δ| {p['max_abs_logit_diff']:.1e}, top-1 agreement "
+                     f"{100 * p['top1_agreement']:.1f}%" if "top1_agreement" in p else ""))
         if "best_path" in c:
-            print(f"  best path: {c['best_path']}, {c['best_ratio']:.3f}× timm's")
+            print(f"  best path: {c['best_path']}, {c['best_ratio']:.3f}× timm's; best fp32 path: "
+                  f"{c['best_fp32_path']}, {c['best_fp32_ratio']:.3f}×")
     if cmp is not None:
         print(f"same weights: max |Δlogit| {cmp['max_abs_logit_diff']:.1e} "
               f"(checked ≤ {cmp['logits_checked_atol']:.0e})")
