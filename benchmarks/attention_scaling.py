@@ -4,10 +4,10 @@
     python benchmarks/attention_scaling.py [--tokens 197,576,1024,2304,4096] [--heads 6] [--head-dim 64]
         [--batch 1] [--iters 3] [--device cpu|cuda]
 
-Time: median of --iters forward calls (no grad) after one warm-up.
-Memory: on CUDA, torch.cuda.max_memory_allocated over one call, minus the inputs. On the CPU it is an
-estimate from tensor sizes, not a measurement: explicit = the scores and the softmax weights, 2·B·H·N² floats,
-plus the output; fused = the output B·H·N·D plus SDPA's blocked working set, taken as 0 (a lower bound).
+Time: median of --iters forward calls (no grad) after the first one, which is the one whose memory is taken.
+Memory: what one call adds at its peak, the inputs already made (vitkit.bench.PeakMemory): on CUDA,
+torch.cuda.max_memory_allocated minus what was allocated before; on a Linux CPU, the peak resident set size
+(VmHWM, reset first) minus the resident size before: output, scores and scratch, to within a page.
 """
 import argparse
 import statistics
@@ -16,13 +16,12 @@ import time
 import torch
 
 from vitkit.analysis.cost import human_bytes
+from vitkit.bench import PeakMemory
 from vitkit.layers.attention import attend
 
 
 def run(n: int, args, dev: torch.device, need_weights: bool) -> tuple[float, int, str]:
     q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, device=dev) for _ in range(3))
-    elt = q.element_size()
-    out_bytes = q.numel() * elt
 
     def call():
         with torch.no_grad():
@@ -30,21 +29,15 @@ def run(n: int, args, dev: torch.device, need_weights: bool) -> tuple[float, int
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    call()
+    base = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+    with PeakMemory(dev) as mem:  # the first call: on the CPU, later ones reuse pages the first left resident
+        call()
     times = []
     for _ in range(args.iters):
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-        call()
-        mem, kind = torch.cuda.max_memory_allocated(dev) - base, "measured"
-    else:
-        matrices = 2 * args.batch * args.heads * n * n * elt if need_weights else 0
-        mem, kind = matrices + out_bytes, "estimated"
-    return statistics.median(times), mem, kind
+    return statistics.median(times), mem.bytes - base, mem.kind
 
 
 def main() -> None:
@@ -59,13 +52,20 @@ def main() -> None:
     dev = torch.device(args.device)
     print(f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.heads} heads × {args.head_dim}, fp32, forward only\n")
-    print("| tokens | fused ms | explicit ms | explicit/fused | fused mem | explicit mem | memory |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+    print("| tokens | fused ms | explicit ms | explicit/fused | fused peak mem | explicit peak mem | output tensor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    fused_mem = {}
     for n in (int(t) for t in args.tokens.split(",")):
         tf, mf, kind = run(n, args, dev, need_weights=False)
         te, me, _ = run(n, args, dev, need_weights=True)
+        fused_mem[n] = mf
+        out = args.batch * args.heads * n * args.head_dim * 4
         print(f"| {n} | {tf * 1e3:.2f} | {te * 1e3:.2f} | {te / tf:.2f} | {human_bytes(mf)} | {human_bytes(me)} "
-              f"| {kind} |", flush=True)
+              f"| {human_bytes(out)} |", flush=True)
+    print(f"\nmemory: {kind}")
+    if 1024 in fused_mem and 4096 in fused_mem and fused_mem[1024]:
+        print(f"\nfused peak memory, 4096 tokens / 1024 tokens: {fused_mem[4096] / fused_mem[1024]:.2f}× "
+              f"(linear growth: 4×; quadratic: 16×)")
 
 
 if __name__ == "__main__":

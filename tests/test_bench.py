@@ -170,3 +170,13 @@ def test_cli_micro_batch_without_compare(capsys, monkeypatch):
         main(["bench", "vit_tiny_patch16_224", "--micro-batch", "lots"])
     assert e.value.code == 2
     assert "'lots'" in capsys.readouterr().err
+
+
+def test_peak_memory_sees_a_tensor_made_and_freed_inside_the_block():
+    with bench.PeakMemory("cpu") as mem:
+        t = torch.ones(16 * 2 ** 20)  # 64 MiB, written, so resident
+        del t
+    if mem.kind.endswith("(VmHWM)"):  # Linux: the peak is measured from a reset mark
+        assert 60 * 2 ** 20 <= mem.bytes < 200 * 2 ** 20
+    else:  # elsewhere only a lower bound
+        assert mem.bytes >= 0

@@ -11,9 +11,10 @@ Timing: `warmup` untimed calls, then `iters` timed calls of one batch each, sync
 figure is the median, and the spread the interquartile range (25th–75th percentile).
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated over the timed calls (after reset_peak_memory_stats),
-which counts tensors only. On the CPU, the growth of the process's peak resident set size (getrusage
-ru_maxrss) across the call: a lower bound, and 0 when an earlier phase of the process had already
-reached a higher peak, since that peak never goes down. Both are reported with 'peak_mem_kind'.
+which counts tensors only. On Linux CPUs, the process's peak resident set size (VmHWM, reset through
+/proc/self/clear_refs at the start) minus its resident size at the start: what the calls added at their peak,
+to within a page. Elsewhere, the growth of getrusage's ru_maxrss: a lower bound, 0 when an earlier phase of the
+process had already peaked higher, since that peak cannot be reset. Each is reported with 'peak_mem_kind'.
 
 `compare` builds timm's model of the same name, loads vitkit's state dict into it strictly (the keys are
 equal), refuses to time the pair unless their fp32 eval logits agree within `atol` (1e-4), and then
@@ -92,24 +93,47 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-class _PeakMemory:
-    """Peak memory across a block: CUDA max_memory_allocated, or the growth of the CPU peak RSS."""
+def _proc_status_bytes(key: str) -> int:
+    """A memory line of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {key}")
 
-    def __init__(self, device: torch.device):
-        self.device, self.bytes = device, 0
-        self.kind = ("cuda max_memory_allocated" if device.type == "cuda"
-                     else "cpu peak RSS growth (ru_maxrss; lower bound)")
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_bytes("VmHWM") <= _proc_status_bytes("VmRSS") + 2 ** 20
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory across a block: CUDA max_memory_allocated; on a Linux CPU the peak RSS above the RSS at the
+    start (VmHWM, reset first); elsewhere the growth of ru_maxrss (a lower bound). `bytes`, `kind` after it."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device, self.bytes = torch.device(device), 0
+        self.kind = "cuda max_memory_allocated"
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        elif _reset_peak_rss():
+            self.kind = "cpu peak RSS above the start (VmHWM)"
+            self._start = _proc_status_bytes("VmRSS")
         else:
+            self.kind = "cpu peak RSS growth (ru_maxrss; lower bound)"
             self._start = _peak_rss_bytes()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self.kind.endswith("(VmHWM)"):
+            self.bytes = max(0, _proc_status_bytes("VmHWM") - self._start)
         else:
             self.bytes = _peak_rss_bytes() - self._start
         return False
@@ -205,7 +229,7 @@ def bench_inference(model: nn.Module, *, batch: int = 32, img_size: int | None =
     dev = resolve_device(device)
     model = model.to(dev).eval()
     x, _ = make_batch(model, batch, img_size, dev)
-    with _PeakMemory(dev) as mem:
+    with PeakMemory(dev) as mem:
         times = time_calls(_infer_step(model, x, dev, dtype, micro_batch), warmup=warmup, iters=iters, device=dev)
     return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
 
@@ -219,7 +243,7 @@ def bench_train_step(model: nn.Module, *, batch: int = 32, img_size: int | None 
     dev = resolve_device(device)
     model = model.to(dev).train()
     x, y = make_batch(model, batch, img_size, dev)
-    with _PeakMemory(dev) as mem:
+    with PeakMemory(dev) as mem:
         times = time_calls(_train_step(model, x, y, dev, dtype), warmup=warmup, iters=iters, device=dev)
     return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
 
@@ -235,7 +259,7 @@ def bench_onnxruntime(model: nn.Module, *, batch: int = 32, img_size: int | None
         path = export_onnx(model, Path(tmp) / "model.onnx", img_size=tuple(x.shape[-2:]), in_chans=x.shape[1])
         runner = OnnxClassifier(path)
         feed = {runner.input_name: x.numpy()}
-        with _PeakMemory(torch.device("cpu")) as mem:
+        with PeakMemory(torch.device("cpu")) as mem:
             times = time_calls(lambda: runner.session.run(None, feed), warmup=warmup, iters=iters,
                                device=torch.device("cpu"))
     return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
@@ -484,6 +508,6 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-__all__ = ["DTYPES", "MODES", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
+__all__ = ["DTYPES", "MODES", "PeakMemory", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
            "import_timm", "matmul_peak_flops", "mfu", "model_flops_per_image", "quartiles", "resolve_micro_batch",
            "run_bench", "time_calls"]
