@@ -74,6 +74,7 @@ def test_run_writes_metrics_plot_and_checkpoints(tmp_path):
     for r in rows:
         assert {"epoch", "train_loss", "val_loss", "val_acc", "val_top5"} <= r.keys()
         assert 0.0 <= r["val_acc"] <= r["val_top5"] <= 1.0
+        assert 0.0 < r["data_s"] < r["train_s"] <= r["epoch_s"]  # loader waits are part of the training phase
     assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = load_checkpoint(run / "best.safetensors")
     assert best.data["val_acc"] == pytest.approx(max(r["val_acc"] for r in rows)) == pytest.approx(result.best_val_acc)

@@ -3,7 +3,8 @@
 A run lives in runs/<name>/:
     last.safetensors   weights + optimiser + RNG + config after the latest epoch (written atomically)
     best.safetensors   weights of the epoch with the best validation accuracy
-    metrics.jsonl      one JSON object per epoch: epoch, train_loss, val_loss, val_acc, val_top5, lr, ...
+    metrics.jsonl      one JSON object per epoch: epoch, train_loss, val_loss, val_acc, val_top5, lr, epoch_s,
+                       train_s (the training steps), data_s (of that, time spent waiting for the loader), ...
     metrics.png        loss and accuracy curves, drawn at the end
 
 Exact resume: every source of randomness is either re-derived from (seed, epoch) — the shuffle
@@ -207,7 +208,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         loss_sum, seen = 0.0, 0
         bar = tqdm(_loader(train_set, cfg, shuffle=True, epoch=epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)  # None: off when not a TTY
+        data_s, waited = 0.0, time.perf_counter()
         for images, labels in bar:
+            data_s += time.perf_counter() - waited  # the loop stood waiting for the loader
             images, labels = augment(images.to(device, non_blocking=True), generator=aug_gen), labels.to(device)
             lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio)
             for group in opt.param_groups:
@@ -226,10 +229,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            waited = time.perf_counter()
+        train_s = time.time() - t0
 
         val = evaluate(model, _loader(val_set, cfg, shuffle=False), to_input, len(data["classes"]), device, cfg.amp)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val.loss, "val_acc": val.top1,
-               "val_top5": val.top5, "lr": lr, "epoch_s": round(time.time() - t0, 3),
+               "val_top5": val.top5, "lr": lr, "epoch_s": round(time.time() - t0, 3), "train_s": round(train_s, 3),
+               "data_s": round(data_s, 3),
                "elapsed_s": round(time.time() - started, 3)}
         append_metrics(metrics_path, row)
         improved = val.top1 > best_acc
