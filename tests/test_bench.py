@@ -173,10 +173,18 @@ def test_cli_micro_batch_without_compare(capsys, monkeypatch):
 
 
 def test_peak_memory_sees_a_tensor_made_and_freed_inside_the_block():
-    with bench.PeakMemory("cpu") as mem:
-        t = torch.ones(16 * 2 ** 20)  # 64 MiB, written, so resident
-        del t
-    if mem.kind.endswith("(VmHWM)"):  # Linux: the peak is measured from a reset mark
-        assert 60 * 2 ** 20 <= mem.bytes < 200 * 2 ** 20
+    """In a fresh process: in a warm one, malloc may hand out heap memory that is already resident, and then
+    the resident size rightly does not grow."""
+    import subprocess
+    import sys
+    code = ("import torch; from vitkit.bench import PeakMemory\n"
+            "with PeakMemory('cpu') as mem:\n"
+            "    t = torch.ones(16 * 2 ** 20)  # 64 MiB, written, so resident\n"
+            "    del t\n"
+            "print(mem.kind, '|', mem.bytes)")
+    kind, got = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                               text=True).stdout.strip().rsplit("|", 1)
+    if kind.strip().endswith("(VmHWM)"):  # Linux: the peak is measured from a reset mark
+        assert 60 * 2 ** 20 <= int(got) < 200 * 2 ** 20
     else:  # elsewhere only a lower bound
-        assert mem.bytes >= 0
+        assert int(got) >= 0

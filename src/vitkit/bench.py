@@ -13,7 +13,8 @@ figure is the median, and the spread the interquartile range (25th–75th percen
 Peak memory: on CUDA, torch.cuda.max_memory_allocated over the timed calls (after reset_peak_memory_stats),
 which counts tensors only. On Linux CPUs, the process's peak resident set size (VmHWM, reset through
 /proc/self/clear_refs at the start) minus its resident size at the start: what the calls added at their peak,
-to within a page. Elsewhere, the growth of getrusage's ru_maxrss: a lower bound, 0 when an earlier phase of the
+to within a page (memory malloc reuses from the process's free, resident heap is not growth, so a warm process
+can read lower than a fresh one). Elsewhere, the growth of getrusage's ru_maxrss: a lower bound, 0 when an earlier phase of the
 process had already peaked higher, since that peak cannot be reset. Each is reported with 'peak_mem_kind'.
 
 `compare` builds timm's model of the same name, loads vitkit's state dict into it strictly (the keys are
