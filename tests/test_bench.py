@@ -188,3 +188,12 @@ def test_peak_memory_sees_a_tensor_made_and_freed_inside_the_block():
         assert 60 * 2 ** 20 <= int(got) < 200 * 2 ** 20
     else:  # elsewhere only a lower bound
         assert int(got) >= 0
+
+
+def test_compile_modes(tiny_vit):
+    model = create_model("vit_tiny_patch16_224", **tiny_vit)
+    assert bench.maybe_compile(model, False) is model
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        bench.maybe_compile(model, "fastest")
+    compiled = bench.maybe_compile(model.eval(), "max-autotune-no-cudagraphs")
+    assert compiled is not model and hasattr(compiled, "_orig_mod")  # compiled lazily, on its first call

@@ -212,8 +212,18 @@ def _train_step(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, dt
     return step
 
 
-def maybe_compile(model: nn.Module, compile: bool) -> nn.Module:
-    return torch.compile(model) if compile else model
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def maybe_compile(model: nn.Module, compile: bool | str) -> nn.Module:
+    """torch.compile(model) when `compile` is True or names a mode ('reduce-overhead': CUDA graphs on a GPU,
+    which take the launch overhead out of small batches); the model itself when False."""
+    if not compile:
+        return model
+    mode = "default" if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +384,7 @@ def _ratio_summary(ours: list[float], theirs: list[float], batch: int) -> dict:
 
 
 def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | None = None,
-            device: str | None = "cpu", dtype: str = "fp32", compile: bool = False, warmup: int = 2,
+            device: str | None = "cpu", dtype: str = "fp32", compile: bool | str = False, warmup: int = 2,
             iters: int = 10, atol: float = 1e-4, micro_batch: int | str | None = "auto", bf16_path: bool = True,
             **overrides) -> dict:
     """vitkit against timm, same weights, same process, alternating rounds.
@@ -436,7 +446,7 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
 # ---------------------------------------------------------------------------------------------
 
 def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype: str = "fp32",
-              compile: bool = False, device: str | None = "cpu", runtime: str = "torch", mode: str = "both",
+              compile: bool | str = False, device: str | None = "cpu", runtime: str = "torch", mode: str = "both",
               compare_with: str | None = None, warmup: int = 2, iters: int = 10,
               micro_batch: int | str | None = "auto", bf16_path: bool = True, **overrides) -> dict:
     """One machine-readable record of a model's speed: environment, per-mode figures, MFU on CUDA, and the
@@ -509,6 +519,6 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-__all__ = ["DTYPES", "MODES", "PeakMemory", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
+__all__ = ["COMPILE_MODES", "DTYPES", "MODES", "PeakMemory", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
            "import_timm", "matmul_peak_flops", "mfu", "model_flops_per_image", "quartiles", "resolve_micro_batch",
            "run_bench", "time_calls"]

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ..analysis.cost import human_bytes
-from ..bench import DTYPES, MODES, run_bench
+from ..bench import COMPILE_MODES, DTYPES, MODES, run_bench
 
 
 def add_parser(sub, name):
@@ -24,7 +24,9 @@ def add_parser(sub, name):
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                    help="fp32, or autocast to bf16/fp16 with fp32 weights (default: fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model(s) first")
+    p.add_argument("--compile", nargs="?", const="default", default=False, choices=list(COMPILE_MODES),
+                   metavar="MODE", help="torch.compile the model(s) first; MODE: " + ", ".join(COMPILE_MODES)
+                                        + " (reduce-overhead: CUDA graphs on a GPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda where present, else cpu")
     p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
                    help="onnxruntime: export to ONNX and time session.run (CPU, fp32, inference only)")
@@ -70,9 +72,10 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
+    compiled = {False: "", True: ", compiled", "default": ", compiled"}.get(record["compile"],
+                                                                         f", compiled ({record['compile']})")
     print(f"{record['model']}  batch {record['batch']}, {record['dtype']}, {record['device']} "
-          f"({record['device_name']}, "
-          f"{record['threads']} threads), {record['runtime']}{', compiled' if record['compile'] else ''}, "
+          f"({record['device_name']}, {record['threads']} threads), {record['runtime']}{compiled}, "
           f"torch {record['torch']}")
     cmp = record.get("compare")
     for mode in ("infer", "train"):
@@ -87,7 +90,7 @@ def run(args) -> int:
         c = cmp[mode]
         print(f"{mode}")
         print(_line("timm", c["timm"]))
-        for path, p in c.get("paths", {"eager": c}).items():
+        for path, p in c.get("paths", {"compiled" if record["compile"] else "eager": c}).items():
             lo, hi = p["ratio_iqr"]
             print(_line("vitkit", p["vitkit"]) + f"  [{path}]")
             print(f"  ratio vitkit/timm {p['ratio']:.3f}  (median of {len(p['ratios'])} per-round ratios, IQR "
