@@ -61,6 +61,12 @@ def test_train_eval_predict_round_trip(capsys, tmp_path):
         probs = [t["prob"] for t in r["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
         assert all(t["label"] in [str(i) for i in range(10)] for t in r["top"])
+    code, out, _ = run(capsys, "predict", str(best), *images, "--top-k", "10", "--json", "--bf16")
+    assert code == 0
+    for fp32, bf16 in zip(rows, (json.loads(line) for line in out.splitlines())):
+        p32 = {t["label"]: t["prob"] for t in fp32["top"]}
+        p16 = {t["label"]: t["prob"] for t in bf16["top"]}
+        assert all(abs(p16[k] - v) < 0.03 for k, v in p32.items())  # bf16 autocast: close to fp32, not equal
 
     # the same run name again is refused rather than overwritten
     code, _, err = run(capsys, "train", "--epochs", "1", "--name", "t", "--runs-dir", runs, "--no-progress")

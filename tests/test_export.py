@@ -129,6 +129,8 @@ def test_predict_with_the_onnx_file_matches_predict_with_the_checkpoint(tmp_path
     assert main(["predict", str(out), images[0], "--top-k", "2"]) == 0  # the text format too
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == images[0] and len(lines) == 3 and lines[1].split()[0] == from_onnx[0]["top"][0]["label"]
+    assert main(["predict", str(out), images[0], "--bf16"]) == 2  # autocast is PyTorch's; the file runs in fp32
+    assert "--bf16" in capsys.readouterr().err
 
 
 def test_export_from_a_model_name_says_the_weights_are_random(tmp_path, capsys):

@@ -23,6 +23,9 @@ def add_parser(sub, name):
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the PyTorch model under bf16 autocast: several times faster on CPUs with AMX or "
+                        "AVX-512 BF16, probabilities within about 1e-2 of fp32 (see BENCHMARKS.md)")
 
 
 def load_backend(path: str) -> tuple[Callable[[Tensor], Tensor], dict]:
@@ -39,15 +42,19 @@ def load_backend(path: str) -> tuple[Callable[[Tensor], Tensor], dict]:
 
 
 @torch.no_grad()
-def predict(model: Callable[[Tensor], Tensor], data: dict, paths: list[str], top_k: int) -> list[dict]:
+def predict(model: Callable[[Tensor], Tensor], data: dict, paths: list[str], top_k: int,
+            bf16: bool = False) -> list[dict]:
     size = tuple(data["img_size"])
     batch = torch.stack([load_image(p, in_chans=data["in_chans"], img_size=size) for p in paths])
     x = EvalTransform(size, data["mean"], data["std"])(batch)
     if isinstance(model, nn.Module):  # PyTorch: a few images at a time on the CPU (vitkit.infer)
-        logits = predict_logits(model, x, micro_batch_size(model, size, len(x), in_chans=data["in_chans"]))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = predict_logits(model, x, micro_batch_size(model, size, len(x), in_chans=data["in_chans"]))
+    elif bf16:
+        raise ValueError("--bf16 runs a PyTorch checkpoint under autocast; an .onnx file runs in fp32")
     else:
         logits = model(x)
-    probs = logits.softmax(dim=-1)
+    probs = logits.float().softmax(dim=-1)
     top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
     classes = data["classes"]
     return [{"image": str(p), "top": [{"label": classes[i], "prob": round(float(v), 6)}
@@ -57,7 +64,7 @@ def predict(model: Callable[[Tensor], Tensor], data: dict, paths: list[str], top
 
 def run(args) -> int:
     model, data = load_backend(args.checkpoint)
-    results = predict(model, data, args.images, args.top_k)
+    results = predict(model, data, args.images, args.top_k, bf16=args.bf16)
     for r in results:
         if args.json:
             print(json.dumps(r))
