@@ -190,6 +190,7 @@ def test_peak_memory_sees_a_tensor_made_and_freed_inside_the_block():
         assert int(got) >= 0
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's import
 def test_compile_modes(tiny_vit):
     model = create_model("vit_tiny_patch16_224", **tiny_vit)
     assert bench.maybe_compile(model, False) is model
