@@ -71,7 +71,8 @@ def rows(name: str, label: str, settings, dev: torch.device, args) -> None:
                           if "top1_agreement" in p else "")
                 print(f"| {label} (`{name}`) | {p.get('dtype', dtype)} | {mode} | {path} "
                       f"| {p['vitkit']['images_per_s']:.1f} | {c['timm']['images_per_s']:.1f} "
-                      f"| {p['ratio']:.3f} | {p['ratio_iqr'][0]:.3f}–{p['ratio_iqr'][1]:.3f} | {logits} |", flush=True)
+                      f"| {p['ratio']:.3f} | {p['ratio_iqr'][0]:.3f}–{p['ratio_iqr'][1]:.3f} | {logits} |",
+                      flush=True)
 
 if __name__ == "__main__":
     main()

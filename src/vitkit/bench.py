@@ -10,22 +10,23 @@
 Timing: `warmup` untimed calls, then `iters` timed calls of one batch each, synchronised on CUDA; the
 figure is the median, and the spread the interquartile range (25th–75th percentile).
 
-Peak memory: on CUDA, torch.cuda.max_memory_allocated over the timed calls (after reset_peak_memory_stats),
-which counts tensors only. On Linux CPUs, the process's peak resident set size (VmHWM, reset through
-/proc/self/clear_refs at the start) minus its resident size at the start: what the calls added at their peak,
-to within a page (memory malloc reuses from the process's free, resident heap is not growth, so a warm process
-can read lower than a fresh one). Elsewhere, the growth of getrusage's ru_maxrss: a lower bound, 0 when an earlier phase of the
-process had already peaked higher, since that peak cannot be reset. Each is reported with 'peak_mem_kind'.
+Peak memory: on CUDA, torch.cuda.max_memory_allocated over the timed calls (after reset_peak_memory_stats), which
+counts tensors only. On Linux CPUs, the process's peak resident set size (VmHWM, reset through
+/proc/self/clear_refs at the start) minus its resident size at the start: what the calls added at their peak, to
+within a page (memory malloc reuses from the process's free, resident heap is not growth, so a warm process can
+read lower than a fresh one). Elsewhere, the growth of getrusage's ru_maxrss: a lower bound, 0 when an earlier
+phase of the process had already peaked higher, since that peak cannot be reset. Each is reported with
+'peak_mem_kind'.
 
-`compare` builds timm's model of the same name, loads vitkit's state dict into it strictly (the keys are
-equal), refuses to time the pair unless their fp32 eval logits agree within `atol` (1e-4), and then
-alternates vitkit and timm round by round (flipping which goes first), so that drift in the machine's speed (thermal, other
-processes) falls on both alike. The ratio is vitkit / timm in throughput: above 1 means vitkit is faster.
-On the CPU in fp32, inference is also timed along other paths in the same rounds: the same batch fed to vitkit's
-model in micro-batches (`vitkit.infer.predict_logits`, sized by `micro_batch_size`), and the plain call under bf16
-autocast (on CPUs with AMX or AVX-512 BF16 the matmuls then run in bf16). Each path gets its ratio against timm's
-plain fp32 call, and how far its logits are from timm's (max |Δ| and top-1 agreement), since a bf16 path cannot
-stay within 1e-4. The best path, and the best that keeps fp32, are named.
+`compare` builds timm's model of the same name, loads vitkit's state dict into it strictly (the keys are equal),
+refuses to time the pair unless their fp32 eval logits agree within `atol` (1e-4), and then alternates vitkit and
+timm round by round (flipping which goes first), so that drift in the machine's speed (thermal, other processes)
+falls on both alike. The ratio is vitkit / timm in throughput: above 1 means vitkit is faster. On the CPU in fp32,
+inference is also timed along other paths in the same rounds: the same batch fed to vitkit's model in micro-batches
+(`vitkit.infer.predict_logits`, sized by `micro_batch_size`), and the plain call under bf16 autocast (on CPUs with
+AMX or AVX-512 BF16 the matmuls then run in bf16). Each path gets its ratio against timm's plain fp32 call, and how
+far its logits are from timm's (max |Δ| and top-1 agreement), since a bf16 path cannot stay within 1e-4. The best
+path, and the best that keeps fp32, are named.
 """
 from __future__ import annotations
 
@@ -519,6 +520,6 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-__all__ = ["COMPILE_MODES", "DTYPES", "MODES", "PeakMemory", "bench_inference", "bench_onnxruntime", "bench_train_step", "build_pair", "compare",
-           "import_timm", "matmul_peak_flops", "mfu", "model_flops_per_image", "quartiles", "resolve_micro_batch",
-           "run_bench", "time_calls"]
+__all__ = ["COMPILE_MODES", "DTYPES", "MODES", "PeakMemory", "bench_inference", "bench_onnxruntime",
+           "bench_train_step", "build_pair", "compare", "import_timm", "matmul_peak_flops", "mfu",
+           "model_flops_per_image", "quartiles", "resolve_micro_batch", "run_bench", "time_calls"]

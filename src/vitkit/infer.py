@@ -6,9 +6,10 @@
 Why it is faster on a CPU: a big batch makes big intermediate tensors (ViT-S/16 at batch 32: a 39 MB MLP hidden
 tensor per block; ResNet-50: 100 MB feature maps). glibc's malloc serves a block over its mmap threshold (at most
 32 MiB) from fresh kernel pages unless a free chunk of its heap fits, and returns such blocks on free, so every
-such tensor pays page faults when first written, and it fits no cache. Cut into micro-batches whose largest tensor stays under a budget, the same heap
-memory is reused from one layer to the next, warm in cache. Each image's logits are computed the same way either
-way (models in eval mode treat images independently), so they agree to float rounding.
+such tensor pays page faults when first written, and it fits no cache. Cut into micro-batches whose largest tensor
+stays under a budget, the same heap memory is reused from one layer to the next, warm in cache. Each image's logits
+are computed the same way either way (models in eval mode treat images independently), so they agree to float
+rounding.
 
 On CUDA the GPU wants the biggest batch it can hold, so `micro_batch_size` returns the whole batch there.
 """
