@@ -231,6 +231,14 @@ def maybe_compile(model: nn.Module, compile: bool | str) -> nn.Module:
 # One model
 # ---------------------------------------------------------------------------------------------
 
+def _measure(step: Callable[[], object], batch: int, device: torch.device, warmup: int, iters: int) -> dict:
+    """Time `step` (one batch per call) and take the peak memory across the timed calls: `summarise`'s keys plus
+    'peak_mem_bytes' and 'peak_mem_kind'."""
+    with PeakMemory(device) as mem:
+        times = time_calls(step, warmup=warmup, iters=iters, device=device)
+    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+
+
 def bench_inference(model: nn.Module, *, batch: int = 32, img_size: int | None = None, device: str | None = "cpu",
                     dtype: str = "fp32", warmup: int = 3, iters: int = 10, micro_batch: int | None = None) -> dict:
     """Inference throughput of `model` (eval mode, inference_mode, autocast for bf16/fp16) on batches of `batch`,
@@ -241,9 +249,7 @@ def bench_inference(model: nn.Module, *, batch: int = 32, img_size: int | None =
     dev = resolve_device(device)
     model = model.to(dev).eval()
     x, _ = make_batch(model, batch, img_size, dev)
-    with PeakMemory(dev) as mem:
-        times = time_calls(_infer_step(model, x, dev, dtype, micro_batch), warmup=warmup, iters=iters, device=dev)
-    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+    return _measure(_infer_step(model, x, dev, dtype, micro_batch), batch, dev, warmup, iters)
 
 
 def bench_train_step(model: nn.Module, *, batch: int = 32, img_size: int | None = None, device: str | None = "cpu",
@@ -255,9 +261,7 @@ def bench_train_step(model: nn.Module, *, batch: int = 32, img_size: int | None 
     dev = resolve_device(device)
     model = model.to(dev).train()
     x, y = make_batch(model, batch, img_size, dev)
-    with PeakMemory(dev) as mem:
-        times = time_calls(_train_step(model, x, y, dev, dtype), warmup=warmup, iters=iters, device=dev)
-    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+    return _measure(_train_step(model, x, y, dev, dtype), batch, dev, warmup, iters)
 
 
 def bench_onnxruntime(model: nn.Module, *, batch: int = 32, img_size: int | None = None, warmup: int = 3,
@@ -271,10 +275,7 @@ def bench_onnxruntime(model: nn.Module, *, batch: int = 32, img_size: int | None
         path = export_onnx(model, Path(tmp) / "model.onnx", img_size=tuple(x.shape[-2:]), in_chans=x.shape[1])
         runner = OnnxClassifier(path)
         feed = {runner.input_name: x.numpy()}
-        with PeakMemory(torch.device("cpu")) as mem:
-            times = time_calls(lambda: runner.session.run(None, feed), warmup=warmup, iters=iters,
-                               device=torch.device("cpu"))
-    return {**summarise(times, batch), "peak_mem_bytes": mem.bytes, "peak_mem_kind": mem.kind}
+        return _measure(lambda: runner.session.run(None, feed), batch, torch.device("cpu"), warmup, iters)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,8 +175,17 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) → tokens (B, N, D), final LayerNorm applied."""
-        x = self._pos_embed(self.patch_embed(x))
-        return self.norm(self.blocks(x))
+        return self._encode(x)
+
+    def _encode(self, x: Tensor, n_out: int | None = None) -> Tensor:
+        """x: (B, C, H, W) → normed tokens (B, N, D), or (B, n_out, D) when the last block computes only the
+        first n_out tokens' outputs."""
+        x = self._pos_embed(self.patch_embed(x))  # (B, N, D)
+        if n_out is None:
+            return self.norm(self.blocks(x))
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.norm(self.blocks[-1](x, n_out=n_out))
 
     def pool(self, x: Tensor) -> Tensor:
         """tokens (B, N, D) → (B, D): the [CLS] output or the mean of the patch tokens."""
@@ -194,14 +203,9 @@ class VisionTransformer(nn.Module):
         1/depth of the model's work, are skipped. A recorder or a forward hook on the last block turns this
         off, so that it sees every token."""
         last = self.blocks[-1]
-        if self.global_pool != "token" or last.attn.recorder is not None or last._forward_hooks \
-                or last._forward_pre_hooks:
-            return self.forward_head(self.forward_features(x))
-        x = self._pos_embed(self.patch_embed(x))  # (B, N, D)
-        for block in self.blocks[:-1]:
-            x = block(x)
-        x = last(x, n_out=self.num_prefix_tokens)  # (B, prefix, D)
-        return self.forward_head(self.norm(x))
+        sees_all = last.attn.recorder is not None or last._forward_hooks or last._forward_pre_hooks
+        n_out = None if self.global_pool != "token" or sees_all else self.num_prefix_tokens
+        return self.forward_head(self._encode(x, n_out))
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head with a freshly initialised one for `num_classes` (0: no head)."""
