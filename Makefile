@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-# Where a machine keeps the CPU wheel of torch 2.13.0 on disk, use it; otherwise PyPI's CPU index.
-TORCH_SRC := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
+# Where a machine keeps the CPU wheel of torch 2.13.0 on disk, use it; otherwise pip's configured index
+# (point it at a CPU build of torch: an unpinned CUDA build is several GB).
+TORCH_SRC := $(if $(wildcard /opt/wheels/torch-2.13.0*),--find-links /opt/wheels,)
 JOBS ?= 2
 
 .PHONY: install browser demo test test-slow test-all clean

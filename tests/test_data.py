@@ -60,7 +60,7 @@ def test_build_dataset_embedded_resize_and_channels():
 def test_build_dataset_bad_source(tmp_path):
     with pytest.raises(DataError, match="not an embedded data set .*digits, mnist.* and not a directory"):
         build_dataset(str(tmp_path / "nope"))
-    with pytest.raises(DataError, match="img_size"):
+    with pytest.raises(DataError, match="needs in_chans"):
         build_dataset(str(tmp_path))
 
 

@@ -45,6 +45,8 @@ from torch import Tensor, nn
 
 from .infer import micro_batch_size, predict_logits
 from .registry import create_model, get_entry
+from .train.dist import resolve_device
+from .train.loop import optimizer_step
 from .train.optim import make_optimizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,17 +56,6 @@ MODES = ("infer", "train", "both")
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-def resolve_device(device: str | None) -> torch.device:
-    """'cuda' where asked and present, 'cpu' otherwise; asking for CUDA without one is an error."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA GPU "
-                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); use --device cpu")
-    return dev
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -201,15 +192,15 @@ def resolve_micro_batch(model: nn.Module, micro_batch: int | str | None, x: Tens
 
 
 def _train_step(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, dtype: str) -> Callable[[], None]:
-    """One forward + cross-entropy + backward + AdamW step. fp16 runs without a loss scaler (speed only)."""
+    """The trainer's own step (vitkit.train.optimizer_step): forward + cross-entropy + backward + AdamW.
+    fp16 runs without a loss scaler (speed only)."""
     opt = make_optimizer(model, lr=1e-4, weight_decay=0.05)
 
+    def loss_fn(m, batch, gen):
+        return F.cross_entropy(m(batch[0]).float(), batch[1]), {}
+
     def step():
-        with _autocast(device, dtype):
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, opt, loss_fn, [(x, y)], autocast=lambda: _autocast(device, dtype))
     return step
 
 

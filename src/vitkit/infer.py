@@ -15,6 +15,10 @@ On CUDA the GPU wants the biggest batch it can hold, so `micro_batch_size` retur
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -87,4 +91,78 @@ def predict_logits(model: nn.Module, images: Tensor, micro_batch: int | None = N
         return torch.cat([model(chunk) for chunk in images.split(step)])
 
 
-__all__ = ["BUDGET_BYTES", "largest_activation_bytes", "micro_batch_size", "predict_logits"]
+@dataclass
+class LoadedModel:
+    model: nn.Module      # eval mode
+    record: dict          # classes (or None), mean, std, img_size [H, W], in_chans, crop_pct, and the training split
+    origin: str           # where the weights come from, for the user
+    random_weights: bool  # built from a registered name: its outputs mean nothing
+
+
+def load_model(source: str, img_size: int | None = None, *, warn: bool = True) -> LoadedModel:
+    """A vitkit checkpoint file, or a registered model name built with random weights (a warning says so).
+    The one way `vitkit export`, `predict`, `eval` and `explain` get a model."""
+    from .layers.patch_embed import to_2tuple
+    from .registry import create_model, get_entry, model_config
+    from .weights import load_checkpoint
+
+    path = Path(source)
+    if path.exists() or path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        if path.suffix.lower() == ".onnx":
+            raise ValueError(f"{source} is an ONNX export; this command needs the PyTorch model, so pass the vitkit "
+                             f"checkpoint it was exported from")
+        ckpt = load_checkpoint(path)  # a clear error for a missing, corrupt or non-vitkit file
+        cfg = model_config(ckpt.model_name, **ckpt.overrides)
+        trained = list(to_2tuple(ckpt.data.get("img_size") or cfg.img_size))
+        if img_size is not None and list(to_2tuple(img_size)) != trained:
+            raise ValueError(f"{source} was trained at {trained[0]}×{trained[1]}; --img-size {img_size} would need "
+                             f"resampled position embeddings: leave --img-size out to use the trained size")
+        entry = get_entry(ckpt.model_name)
+        record = {"mean": list(entry.mean), "std": list(entry.std), "in_chans": cfg.in_chans, **ckpt.data,
+                  "img_size": trained, "classes": ckpt.classes or None}
+        return LoadedModel(ckpt.build_model(), record, f"{ckpt.model_name} from {source}", False)
+    overrides = {} if img_size is None else {"img_size": img_size}
+    cfg = model_config(source, **overrides)  # an unknown name → KeyError with close matches
+    entry = get_entry(source)
+    if warn:
+        print(f"vitkit: warning: {source} is a model name, not a checkpoint: it has random weights, so its outputs "
+              f"mean nothing. Pass a checkpoint for a trained model.", file=sys.stderr)
+    record = {"classes": None, "mean": list(entry.mean), "std": list(entry.std),
+              "img_size": list(to_2tuple(cfg.img_size)), "in_chans": cfg.in_chans}
+    return LoadedModel(create_model(source, **overrides).eval(), record,
+                       f"{source} with RANDOM weights (a model name, not a checkpoint)", True)
+
+
+def load_images(paths: list[str], record: dict, normalise: bool = True) -> Tensor:
+    """Image files → (B, C, H, W) as the model was evaluated in training: converted to its channels, resized
+    (short side to img_size / crop_pct, aspect kept), centre-cropped, then normalised."""
+    from .data import load_image
+    from .train.image_data import eval_transform
+
+    transform = eval_transform(record, normalise)
+    return torch.stack([transform(load_image(p, in_chans=record["in_chans"])) for p in paths])
+
+
+@torch.no_grad()
+def classify_images(model, record: dict, paths: list[str], top_k: int = 5, bf16: bool = False) -> list[dict]:
+    """The top-k classes with probabilities for each image file: [{"image", "top": [{"label", "prob"}, ...]}].
+    A PyTorch model runs a few images at a time (micro_batch_size); anything else is called on the batch."""
+    x = load_images(paths, record)
+    if isinstance(model, nn.Module):
+        size = tuple(record["img_size"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = predict_logits(model, x, micro_batch_size(model, size, len(x), in_chans=record["in_chans"]))
+    elif bf16:
+        raise ValueError("--bf16 runs a PyTorch checkpoint under autocast; an .onnx file runs in fp32")
+    else:
+        logits = model(x)
+    probs = logits.float().softmax(dim=-1)
+    top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
+    classes = record.get("classes") or [str(i) for i in range(probs.shape[1])]
+    return [{"image": str(p), "top": [{"label": classes[i], "prob": round(float(v), 6)}
+                                      for v, i in zip(vals.tolist(), idx.tolist())]}
+            for p, vals, idx in zip(paths, top.values, top.indices)]
+
+
+__all__ = ["BUDGET_BYTES", "LoadedModel", "classify_images", "largest_activation_bytes", "load_images", "load_model",
+           "micro_batch_size", "predict_logits"]

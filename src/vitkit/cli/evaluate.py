@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 
-from ..data import EvalTransform, build_dataset, split
-from ..train.loop import _loader, evaluate, resolve_device
-from ..train.config import TrainConfig
+from torch.utils.data import DataLoader
+
+from ..data import build_dataset
+from ..train import eval_transform, evaluate, resolve_device, validation_set
+from ..train.image_data import Transformed
 from ..weights import load_checkpoint
 
 
@@ -26,22 +28,25 @@ def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     d = ckpt.data
     source = args.data or d["source"]
-    dataset = build_dataset(source, img_size=tuple(d["img_size"]), in_chans=d["in_chans"])
-    if args.data and list(dataset.classes) != ckpt.classes:
-        raise ValueError(f"{source} has classes {list(dataset.classes)[:10]} but the checkpoint was trained on "
-                         f"{ckpt.classes[:10]}; evaluate on data with the same class folders")
-    if not args.data:
-        dataset = split(dataset, d["val_fraction"], d["seed"])[1]
+    if args.data:
+        dataset = build_dataset(source, img_size=None if source not in ("digits", "mnist") else tuple(d["img_size"]),
+                                in_chans=d["in_chans"])
+        if list(dataset.classes) != ckpt.classes:
+            raise ValueError(f"{source} has classes {list(dataset.classes)[:10]} but the checkpoint was trained on "
+                             f"{ckpt.classes[:10]}; evaluate on data with the same class folders")
+    else:
+        dataset = validation_set(d)
     device = resolve_device(args.device)
     model = ckpt.build_model().to(device)
-    loader = _loader(dataset, TrainConfig(batch_size=args.batch_size), shuffle=False)
-    res = evaluate(model, loader, EvalTransform(tuple(d["img_size"]), d["mean"], d["std"]), len(ckpt.classes), device)
+    loader = DataLoader(Transformed(dataset, eval_transform(d)), batch_size=args.batch_size)
+    res = evaluate(model, loader, len(ckpt.classes), device)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "data": source, "images": res.count, "loss": res.loss,
                           "top1": res.top1, "top5": res.top5, "classes": ckpt.classes,
                           "confusion": res.confusion.tolist()}))
         return 0
-    split_name = "all images" if args.data else f"validation split ({d['val_fraction']:.0%}, seed {d['seed']})"
+    split_name = "all images" if args.data else (f"validation folder {d['val_data']}" if d.get("val_data") else
+                                                 f"validation split ({d['val_fraction']:.0%}, seed {d['seed']})")
     print(f"{args.checkpoint}: {ckpt.model_name} on {source}, {split_name}: {res.count} images")
     print(f"top-1 {res.top1:.4f}   top-5 {res.top5:.4f}   loss {res.loss:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")

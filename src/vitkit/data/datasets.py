@@ -159,18 +159,19 @@ def _bad_files_message(bad: list[tuple[Path, str]], root: Path) -> str:
             "\nDelete or replace them, or pass verify=False to skip this check (a bad file then fails when loaded)")
 
 
-def load_image(path: str | os.PathLike, *, in_chans: int, img_size: int | tuple[int, int]) -> Tensor:
+def load_image(path: str | os.PathLike, *, in_chans: int, img_size: int | tuple[int, int] | None = None) -> Tensor:
     """Read one image file → (C, H, W) float32 in [0, 1], converted to in_chans (1 or 3) and resized
-    (bilinear) to img_size; a DataError naming the file if it cannot be read."""
+    (bilinear) to img_size (None: kept at its own size); a DataError naming the file if it cannot be read."""
     if in_chans not in (1, 3):
         raise DataError(f"images can be read as 1 (gray) or 3 (RGB) channels, not {in_chans}")
     path = Path(path)
     try:
         with Image.open(path) as img:
             img = _to_mode(img, "L" if in_chans == 1 else "RGB")
-            h, w = to_2tuple(img_size)
-            if img.size != (w, h):  # PIL sizes are (W, H)
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            if img_size is not None:
+                h, w = to_2tuple(img_size)
+                if img.size != (w, h):  # PIL sizes are (W, H)
+                    img = img.resize((w, h), Image.Resampling.BILINEAR)
             return _to_tensor(img)
     except Exception as e:
         raise DataError(f"could not load image {path}: {_reason(e, path)}") from e
@@ -179,17 +180,18 @@ def load_image(path: str | os.PathLike, *, in_chans: int, img_size: int | tuple[
 class ImageFolder(Dataset):
     """Images on disk laid out as root/<class>/**/<image>; class names are the sorted subfolder names.
 
-    img_size: every image is resized to this (H, W) (bilinear, PIL); an int means square.
+    img_size: every image is resized to this (H, W) (bilinear, PIL); an int means square; None keeps each
+        image at its own size (the trainer's transforms crop and resize it).
     in_chans: 1 loads grayscale ('L'), 3 loads colour ('RGB'); any file mode is converted.
     verify: open and decode every file now, and report all unreadable ones together.
     Accepted extensions (any case): .jpg .jpeg .png .bmp .webp. Hidden files and folders are skipped.
     ds[i] → (image (in_chans, H, W) float32 in [0, 1], label int).
     """
 
-    def __init__(self, root: str | os.PathLike, img_size: int | tuple[int, int], in_chans: int,
+    def __init__(self, root: str | os.PathLike, img_size: int | tuple[int, int] | None, in_chans: int,
                  verify: bool = True):
         self.root = Path(root)
-        self.img_size = to_2tuple(img_size)
+        self.img_size = None if img_size is None else to_2tuple(img_size)
         if in_chans not in (1, 3):
             raise DataError(f"in_chans must be 1 (grayscale) or 3 (RGB) but is {in_chans}; "
                             f"pass in_chans=1 or in_chans=3")
@@ -267,8 +269,8 @@ class ImageFolder(Dataset):
         return self.load(path), label
 
     def __repr__(self) -> str:
-        h, w = self.img_size
-        return (f"ImageFolder({str(self.root)!r}, {len(self)} images, {self.in_chans}×{h}×{w}, "
+        size = "native size" if self.img_size is None else "×".join(map(str, self.img_size))
+        return (f"ImageFolder({str(self.root)!r}, {len(self)} images, {self.in_chans} channel(s) at {size}, "
                 f"{len(self.classes)} classes)")
 
 
@@ -282,7 +284,8 @@ def build_dataset(source: str | os.PathLike, *, img_size: int | tuple[int, int] 
 
     Embedded names win over a folder of the same name; write './digits' to mean the folder.
     Embedded data are resized once (bilinear, antialiased) if img_size differs from their native
-    size, and their gray channel repeated if in_chans=3. A folder needs both img_size and in_chans.
+    size, and their gray channel repeated if in_chans=3. A folder needs in_chans; img_size None keeps each
+    image at its own size.
     """
     if isinstance(source, str) and source in EMBEDDED:
         return _adapt(load_embedded(source), img_size, in_chans)
@@ -290,9 +293,8 @@ def build_dataset(source: str | os.PathLike, *, img_size: int | tuple[int, int] 
     if not path.is_dir():
         raise DataError(f"{str(source)!r} is not an embedded data set ({', '.join(EMBEDDED)}) and not a "
                         f"directory; pass one of those names or a folder with one subfolder per class")
-    if img_size is None or in_chans is None:
-        raise DataError(f"loading the image folder {path} needs img_size and in_chans (got img_size={img_size}, "
-                        f"in_chans={in_chans}); pass both, e.g. img_size=224, in_chans=3")
+    if in_chans is None:
+        raise DataError(f"loading the image folder {path} needs in_chans (1 or 3); pass e.g. in_chans=3")
     return ImageFolder(path, img_size=img_size, in_chans=in_chans)
 
 

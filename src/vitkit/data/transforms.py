@@ -64,6 +64,9 @@ def random_crop(x: Tensor, size: int | tuple[int, int], padding: int = 0,
     H, W = xb.shape[-2:]
     top = torch.randint(0, H - h + 1, (B,), generator=generator)   # (B,)
     left = torch.randint(0, W - w + 1, (B,), generator=generator)  # (B,)
+    if single:  # one image: a slice, no gather
+        t, l = int(top), int(left)
+        return xb[0, :, t:t + h, l:l + w].contiguous()
     rows = (top[:, None] + torch.arange(h)).to(xb.device)          # (B, h)
     cols = (left[:, None] + torch.arange(w)).to(xb.device)         # (B, w)
     b = torch.arange(B, device=xb.device)[:, None, None]

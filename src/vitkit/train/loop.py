@@ -1,40 +1,47 @@
-"""The training loop: model-agnostic, configured by a TrainConfig, resumable exactly.
+"""The training runtime: one loop for every objective (train/objective.py says who owns what).
 
-A run lives in runs/<name>/:
-    last.safetensors   weights + optimiser + RNG + config after the latest epoch (written atomically)
-    best.safetensors   weights of the epoch with the best validation accuracy
-    metrics.jsonl      one JSON object per epoch: epoch, train_loss, val_loss, val_acc, val_top5, lr, epoch_s,
-                       train_s (the training steps), data_s (of that, time spent waiting for the loader), ...
-    metrics.png        loss and accuracy curves, drawn at the end
+A run lives in runs/<name>/ (written by rank 0 alone):
+    last.safetensors   weights + optimiser + EMA + config after the latest epoch: what --resume continues
+    best.safetensors   weights of the epoch with the best validation score, with the data record
+    ema.safetensors    the EMA of the weights after the latest epoch (with --ema)
+    metrics.jsonl      one JSON object per epoch: epoch, train_loss, the objective's figures, lr, times
+    metrics.png        loss, validation figures and learning rate, refreshed as the run goes
+    config.json        the run's resolved TrainConfig (feed it back with --config)
 
-Exact resume: every source of randomness is either re-derived from (seed, epoch) — the shuffle
-order and the augmentation — or saved in the checkpoint — the global RNG that dropout and drop
-path draw from. An interrupted run resumed from epoch k ends with the same weights as one that
-never stopped (tests/test_train.py shows it).
+Exact resume needs no saved random state: every draw (the epoch's order, each image's augmentation, mixup, the
+dropout and drop-path masks) is keyed by (seed, epoch, step, micro-batch) (train/plan.py). So a run resumed
+after epoch k ends with the weights of one that never stopped, on any number of processes.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..data import EMBEDDED, EvalTransform, TrainAugment, build_dataset, split
-from ..registry import create_model, get_entry, model_config
+from ..data import EMBEDDED
+from ..data.augment import rng, rng_seed
 from ..weights import load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .metrics import append_metrics, confusion_matrix, plot_metrics, read_metrics, topk_correct, write_metrics
-from .optim import lr_factor, make_optimizer
+from ..weights.pretrained import read_any
+from .config import TrainConfig, resolve
+from .dist import Processes, resolve_device
+from .ema import WeightEma
+from .metrics import append_metrics, plot_metrics, read_metrics, write_metrics
+from .objective import Objective, get_objective
+from .optim import freeze_backbone, lr_factor, make_optimizer, set_lr
+from .plan import EpochPlan
+from .state import all_finite, clear_run, optimizer_tensors, remove_orphans, restore_optimizer, resume_config
+
+PLOT_EVERY_S = 10.0  # metrics.png is redrawn at most this often (drawing costs ~0.1 s), and after the last epoch
 
 
 class RunExistsError(FileExistsError):
@@ -42,219 +49,235 @@ class RunExistsError(FileExistsError):
 
 
 @dataclass
-class EvalResult:
-    loss: float
-    top1: float          # fraction correct, 0..1
-    top5: float
-    confusion: Tensor    # (C, C): row = true class, column = predicted
-    count: int
-
-
-@dataclass
 class RunResult:
     run_dir: Path
-    best_val_acc: float
+    best_score: float        # the objective's score (val_acc for classification) of best.safetensors
     metrics: list[dict]
+    model: nn.Module         # the trained model (raw weights, last epoch)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but PyTorch sees no CUDA device; use --device cpu")
-    return torch.device(name)
+# ---- one optimiser step: shared with `vitkit bench` ---------------------------------------------------
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, micro_batches: list,
+                   keys: list[tuple] | None = None, *, clip_grad: float | None = None,
+                   autocast=nullcontext) -> tuple[float, dict[str, float]]:
+    """One step over a list of micro-batches: for each, the global RNG (dropout, drop path) is seeded from its
+    key, loss_fn(model, batch, generator) runs under `autocast`, and loss / len(micro_batches) is back-propagated
+    (under DDP, gradients are exchanged on the last micro-batch only). Then the gradients are clipped to
+    `clip_grad` and checked: a non-finite norm raises FloatingPointError before the weights change.
+    Returns (mean loss, mean of the extra figures)."""
+    keys = keys or [(i,) for i in range(len(micro_batches))]
+    total, extra = 0.0, {}
+    for j, (batch, key) in enumerate(zip(micro_batches, keys)):
+        torch.manual_seed(rng_seed(*key, 2))
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and j < len(keys) - 1 else nullcontext()
+        with sync:
+            with autocast():
+                loss, logs = loss_fn(model, batch, rng(*key, 1))
+            (loss / len(micro_batches)).backward()
+        total += loss.item() / len(micro_batches)
+        for k, v in logs.items():
+            extra[k] = extra.get(k, 0.0) + v / len(micro_batches)
+    params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    norm = nn.utils.clip_grad_norm_(params, clip_grad or float("inf"))
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise FloatingPointError(f"the gradients became {norm.item()} (loss {total:.4g})")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total, extra
 
 
-# ---- data ---------------------------------------------------------------------------------------------
-def prepare_data(cfg: TrainConfig) -> tuple[Dataset, Dataset, dict]:
-    """The train and validation splits, and the data description stored in checkpoints."""
-    mcfg = model_config(cfg.model, **cfg.model_overrides)
-    if cfg.data in EMBEDDED:
-        dataset = build_dataset(cfg.data, img_size=cfg.img_size)
-    else:
-        dataset = build_dataset(cfg.data, img_size=cfg.img_size or mcfg.img_size, in_chans=mcfg.in_chans)
-    c, h, w = dataset[0][0].shape
-    mean, std = get_entry(cfg.model).mean, get_entry(cfg.model).std
-    if len(mean) != c:
-        mean, std = (0.5,) * c, (0.5,) * c
-    train_set, val_set = split(dataset, cfg.val_fraction, cfg.seed)
-    data = {"source": cfg.data, "classes": list(dataset.classes), "img_size": [h, w], "in_chans": c,
-            "mean": list(mean), "std": list(std), "val_fraction": cfg.val_fraction, "seed": cfg.seed}
-    return train_set, val_set, data
+def _to(batch, device: torch.device):
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
 
 
-def model_overrides(cfg: TrainConfig, data: dict) -> dict:
-    """The create_model options that fit the model to the data."""
-    h, w = data["img_size"]
-    over = {**cfg.model_overrides, "num_classes": len(data["classes"]), "in_chans": data["in_chans"],
-            "img_size": h if h == w else (h, w)}
-    if cfg.drop_path:
-        over["drop_path_rate"] = cfg.drop_path
-    return over
+def _grouped(loader, n: int):
+    """Consecutive groups of n micro-batches: one optimiser step each."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == n:
+            yield group
+            group = []
 
 
-def _loader(ds: Dataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
-    """Shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
-    (For torchrun DDP, a DistributedSampler with set_epoch(epoch) slots in here.)"""
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle, generator=gen if shuffle else None,
-                      num_workers=cfg.num_workers, persistent_workers=False)
+# ---- the run ------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, *, model: nn.Module | None = None, resume: bool = False, overwrite: bool = False,
+          on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None) -> RunResult:
+    """Train as `cfg` says; resume=True continues runs/<name>/last.safetensors exactly.
 
-
-# ---- evaluation ---------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, transform: Callable[[Tensor], Tensor], num_classes: int,
-             device: torch.device, amp: bool = False) -> EvalResult:
-    """Loss, top-1, top-5 and the confusion matrix of `model` over `loader`."""
-    model.eval()
-    loss_sum, hits, conf, n = 0.0, {1: 0, 5: 0}, torch.zeros(num_classes, num_classes, dtype=torch.long), 0
-    for images, labels in loader:
-        images, labels = transform(images.to(device)), labels.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        for k, v in topk_correct(logits, labels).items():
-            hits[k] += v
-        conf += confusion_matrix(logits.argmax(1).cpu(), labels.cpu(), num_classes)
-        n += len(labels)
-    if n == 0:
-        raise ValueError("the validation split is empty; use more data or a larger --val-fraction")
-    return EvalResult(loss_sum / n, hits[1] / n, hits[5] / n, conf, n)
-
-
-# ---- checkpoint state ---------------------------------------------------------------------------------
-def _train_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    """Optimiser and RNG state as tensors (for safetensors) plus JSON-able parts."""
-    state = opt.state_dict()
-    tensors = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    np_state = np.random.get_state()
-    extra = {"optim_groups": state["param_groups"],
-             "rng_python": random.getstate(),
-             "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    return tensors, extra
-
-
-def _restore_train_state(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], train: dict) -> None:
-    per_param: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            per_param.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": per_param, "param_groups": train["optim_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    version, internal, gauss = train["rng_python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = train["rng_numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-# ---- the loop -----------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          on_epoch_end: Callable[[dict], None] | None = None, log: Callable[[str], None] = print) -> RunResult:
-    """Train `cfg.model` on `cfg.data`; resume=True continues runs/<name>/last.safetensors exactly."""
-    run_dir = Path(cfg.runs_dir) / cfg.run_name
-    last_path, best_path, metrics_path = run_dir / "last.safetensors", run_dir / "best.safetensors", run_dir / "metrics.jsonl"
-
+    model: train this module instead of building cfg.model (it must take the data's images and classes; its
+    checkpoints record cfg.model as the name to rebuild it from). log: where the run log goes (default: the
+    terminal, above the progress bar)."""
+    say = log or tqdm.write
+    run_dir = cfg.run_dir
+    last_path = run_dir / "last.safetensors"
     ckpt = None
     if resume:
         if not last_path.exists():
             raise FileNotFoundError(f"nothing to resume: {last_path} does not exist; start the run without --resume")
         ckpt = load_checkpoint(last_path)
-        saved = TrainConfig(**ckpt.train["config"])
-        # Everything that shapes the result comes from the checkpoint; only how it runs may change.
-        cfg = dataclasses.replace(saved, device=cfg.device, progress=cfg.progress, num_workers=cfg.num_workers,
-                                  runs_dir=cfg.runs_dir)
+        cfg = resume_config(TrainConfig(**ckpt.train["config"]), cfg)
     elif last_path.exists() and not overwrite:
         raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start it "
                              f"again, or --name to choose another folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    init = read_any(cfg.init, cfg.model) if cfg.init else None  # on resume too: it fixes the architecture
+    cfg = resolve(cfg, embedded=cfg.data in EMBEDDED, init_model=init.model_name if init else None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    procs = Processes.start(device)
+    try:
+        return _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say)
+    finally:
+        procs.stop()
 
-    torch.manual_seed(cfg.seed)
-    train_set, val_set, data = prepare_data(cfg)
-    overrides = model_overrides(cfg, data)
-    model = create_model(cfg.model, **overrides).to(device)
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    augment = TrainAugment(tuple(data["img_size"]), cfg.crop_padding, cfg.hflip, data["mean"], data["std"])
-    to_input = EvalTransform(tuple(data["img_size"]), data["mean"], data["std"])
-    steps_per_epoch = len(_loader(train_set, cfg, shuffle=True))
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
 
-    start_epoch, step, best_acc = 0, 0, -1.0
+def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) -> RunResult:
+    run_dir, main = cfg.run_dir, procs.is_main
+    paths = {k: run_dir / f"{k}.safetensors" for k in ("last", "best", "ema")}
+    metrics_path = run_dir / "metrics.jsonl"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for orphan in remove_orphans(run_dir):
+            say(f"removed {orphan.name}, left by a write that was killed")
+        if overwrite and ckpt is None:
+            clear_run(run_dir)
+    procs.barrier()
+
+    torch.manual_seed(cfg.seed)  # the initial weights
+    objective: Objective = get_objective(cfg.objective)(cfg, device, say, init)
+    model = (model if model is not None else objective.build_model()).to(device).train()
+    if cfg.freeze == "backbone":
+        trained = freeze_backbone(model)
+        say(f"backbone frozen: training {', '.join(trained)} only")
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, kind=cfg.optimizer, layer_decay=cfg.layer_decay)
+    ema = WeightEma(model, cfg.ema) if cfg.ema else None
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if procs.world > 1 else model
+    micro = cfg.accum_steps or procs.world
+    plan = EpochPlan(len(objective.train_set), cfg.batch_size, micro, procs.rank, procs.world, cfg.seed, 0)
+    total_steps, warmup_steps = cfg.epochs * plan.steps, round(cfg.warmup_epochs * plan.steps)
+    val_share = Subset(objective.val_set, range(procs.rank, len(objective.val_set), procs.world))
+    val_loader = DataLoader(val_share, batch_size=plan.micro_size, num_workers=cfg.num_workers)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
+                                      enabled=cfg.amp and device.type == "cuda")
+
+    start_epoch, step, best, best_epoch = 0, 0, float("-inf"), 0
     if ckpt is not None:
         model.load_state_dict(ckpt.state, strict=True)
-        _restore_train_state(opt, ckpt.train_tensors, ckpt.train)
-        start_epoch, step, best_acc = ckpt.train["epoch"], ckpt.train["step"], ckpt.train["best_val_acc"]
-        write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch])
-        log(f"resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}")
+        restore_optimizer(opt, ckpt.train_tensors, ckpt.train["optim_groups"])
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("ema.")})
+        objective.load_state_tensors({k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("obj.")})
+        t = ckpt.train
+        start_epoch, step, best, best_epoch = t["epoch"], t["step"], t["best_score"], t["best_epoch"]
+        if main:
+            write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["epoch"] <= start_epoch])
+        say(f"resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}")
     else:
-        metrics_path.unlink(missing_ok=True)
         n_params = sum(p.numel() for p in model.parameters())
-        log(f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {len(train_set)} train / "
-            f"{len(val_set)} val images, {len(data['classes'])} classes, {cfg.epochs} epochs on {device}")
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        say(f"training {cfg.model} ({n_params:,} parameters), objective {cfg.objective}, on {cfg.data}: "
+            f"{objective.describe()}; {cfg.epochs} epochs of {plan.steps} steps ({cfg.batch_size} images each, "
+            f"{micro} micro-batch(es) of {plan.micro_size}) on {device}"
+            + (f", {procs.world} processes" if procs.world > 1 else ""))
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    writer = _tensorboard(run_dir) if cfg.tensorboard and main else None
 
-    started = time.time()
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", dynamic_ncols=True,
+               disable=None if cfg.progress and main else True)  # None: only on a terminal
+    started, last_plot = time.time(), 0.0
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
-        model.train()
-        aug_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)  # CPU: draws offsets, not pixels
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(_loader(train_set, cfg, shuffle=True, epoch=epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)  # None: off when not a TTY
-        data_s, waited = 0.0, time.perf_counter()
-        for images, labels in bar:
+        net.train()
+        plan = dataclasses.replace(plan, epoch=epoch)
+        loader = DataLoader(objective.train_set, batch_sampler=plan, num_workers=cfg.num_workers)
+        sums, data_s, waited = {}, 0.0, time.perf_counter()
+        for i, micro_batches in enumerate(_grouped(loader, plan.local_micro)):
             data_s += time.perf_counter() - waited  # the loop stood waiting for the loader
-            images, labels = augment(images.to(device, non_blocking=True), generator=aug_gen), labels.to(device)
             lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
-                loss = F.cross_entropy(model(images).float(), labels, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
-                                         f"lower --lr (now {cfg.lr}) or keep --clip-grad on")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
+            set_lr(opt, lr)
+            keys = [plan.micro_key(i, j) for j in plan.local_indices(i)]
+            try:
+                loss, extra = optimizer_step(net, opt, objective.loss, [_to(b, device) for b in micro_batches],
+                                             keys, clip_grad=cfg.clip_grad, autocast=autocast)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e} at epoch {epoch + 1}, step {step}; nothing of this epoch was saved, "
+                                         f"so {paths['last'].name} still holds epoch {epoch}. Lower --lr (now "
+                                         f"{cfg.lr}) or keep --clip-grad on") from None
+            if ema is not None:
+                ema.update(model)
             step += 1
-            loss_sum += loss.item() * len(labels)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            for k, v in {"train_loss": loss, **extra}.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss:.3f}")
             waited = time.perf_counter()
         train_s = time.time() - t0
+        if not all_finite(model):
+            raise FloatingPointError(f"the weights became non-finite during epoch {epoch + 1}; it was not saved, so "
+                                     f"{paths['last'].name} still holds epoch {epoch}. Lower --lr (now {cfg.lr})")
 
-        val = evaluate(model, _loader(val_set, cfg, shuffle=False), to_input, len(data["classes"]), device, cfg.amp)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "val_loss": val.loss, "val_acc": val.top1,
-               "val_top5": val.top5, "lr": lr, "epoch_s": round(time.time() - t0, 3), "train_s": round(train_s, 3),
-               "data_s": round(data_s, 3),
+        figures = objective.evaluate(model, val_loader, procs)
+        if ema is not None:
+            figures.update({f"ema_{k}": v for k, v in objective.evaluate(ema.module, val_loader, procs).items()
+                            if not k.startswith("teacher")})
+        row = {"epoch": epoch + 1, **{k: v / plan.steps for k, v in sums.items()}, **figures, "lr": lr,
+               "epoch_s": round(time.time() - t0, 3), "train_s": round(train_s, 3), "data_s": round(data_s, 3),
                "elapsed_s": round(time.time() - started, 3)}
-        append_metrics(metrics_path, row)
-        improved = val.top1 > best_acc
-        best_acc = max(best_acc, val.top1)
-        tensors, extra = _train_tensors(opt)
-        train_meta = {"config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": step, "best_val_acc": best_acc,
-                      **extra}
-        save_checkpoint(last_path, model=model, model_name=cfg.model, overrides=overrides, data=data,
-                        train=train_meta, train_tensors=tensors)
+        score = figures[objective.score]
+        improved = score > best
         if improved:
-            save_checkpoint(best_path, model=model, model_name=cfg.model, overrides=overrides,
-                            data={**data, "epoch": epoch + 1, "val_acc": val.top1})
-        log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {row['train_loss']:.4f}  val_loss {val.loss:.4f}  "
-            f"val_acc {val.top1:.4f}  top5 {val.top5:.4f}  ({row['epoch_s']:.1f}s)")
+            best, best_epoch = score, epoch + 1
+        if main:
+            append_metrics(metrics_path, row)
+            meta = dict(model=model, model_name=objective.model_name, overrides=objective.model_overrides)
+            if improved:
+                save_checkpoint(paths["best"], **meta, data={**objective.record, "epoch": epoch + 1,
+                                                             objective.score: score})
+            if ema is not None:
+                save_checkpoint(paths["ema"], **{**meta, "model": ema.module},
+                                data={**objective.record, "epoch": epoch + 1, "ema_decay": cfg.ema})
+            tensors, groups = optimizer_tensors(opt)
+            tensors.update({f"ema.{k}": v for k, v in (ema.state_dict() if ema else {}).items()})
+            tensors.update({f"obj.{k}": v for k, v in objective.state_tensors().items()})
+            save_checkpoint(paths["last"], **meta, data=objective.record, train_tensors=tensors,
+                            train={"config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": step,
+                                   "best_score": best, "best_epoch": best_epoch, "score": objective.score,
+                                   "optim_groups": groups})
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+                writer.flush()
+            if time.time() - last_plot > PLOT_EVERY_S or epoch + 1 == cfg.epochs:
+                plot_metrics(read_metrics(metrics_path), run_dir / "metrics.png")
+                last_plot = time.time()
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_loss", "val_", "ema_val_acc")))
+        say(f"epoch {epoch + 1:3d}/{cfg.epochs}  {shown}  ({row['epoch_s']:.1f}s)")
         if on_epoch_end is not None:
             on_epoch_end(row)
-
-    rows = read_metrics(metrics_path)
-    if rows:
+        procs.barrier()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    rows = read_metrics(metrics_path) if main else []
+    if main and rows and not (run_dir / "metrics.png").exists():
         plot_metrics(rows, run_dir / "metrics.png")
-    log(f"best val_acc {best_acc:.4f}; run saved in {run_dir}")
-    return RunResult(run_dir, best_acc, rows)
+    say(f"best {objective.score} {best:.4f} (epoch {best_epoch}); run saved in {run_dir}")
+    return RunResult(run_dir, best, rows, model)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..weights.io import atomic_write
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
@@ -21,12 +24,30 @@ def confusion_matrix(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A torn last line (a kill mid-write) is skipped with a warning; a bad line
+    anywhere else is an error that names the file and the line."""
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                warnings.warn(f"{path}: line {n} is incomplete (the run was killed while writing it); it is skipped")
+                continue
+            raise ValueError(f"{path}: line {n} is not JSON ({e}); repair or delete that line") from e
+    return rows
 
 
 def write_metrics(path: str | Path, rows: list[dict]) -> None:
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """Replace the file with `rows` in one step (never rewritten in place)."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def append_metrics(path: str | Path, row: dict) -> None:
@@ -35,20 +56,27 @@ def append_metrics(path: str | Path, row: dict) -> None:
 
 
 def plot_metrics(rows: list[dict], out: str | Path) -> Path:
-    """Loss (train and val) and validation accuracy against epoch, as a PNG."""
+    """Loss (train and val), the validation figures and the learning rate against epoch, as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(12, 3.5))
     ax1.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    ax1.plot(epochs, [r["val_loss"] for r in rows], label="val")
+    if "val_loss" in rows[-1]:
+        ax1.plot(epochs, [r.get("val_loss") for r in rows], label="val")
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax1.legend()
-    ax2.plot(epochs, [r["val_acc"] for r in rows], color="tab:green")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="validation top-1", ylim=(0, 1))
+    for key, label in (("val_acc", "top-1"), ("ema_val_acc", "top-1, EMA weights"), ("val_top5", "top-5")):
+        if key in rows[-1]:
+            ax2.plot(epochs, [r.get(key) for r in rows], label=label)
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="validation", ylim=(0, 1))
+    ax2.legend(loc="lower right")
+    ax3.plot(epochs, [r["lr"] for r in rows], color="tab:purple")
+    ax3.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
+    ax3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return Path(out)

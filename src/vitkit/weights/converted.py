@@ -31,6 +31,7 @@ class Converted:
     overrides: dict = field(default_factory=dict)   # create_model options the weights need (num_classes, img_size, ...)
     classes: list[str] | None = None     # label names when the source has them (e.g. Hugging Face id2label)
     source: str = ""                     # the dialect: 'vitkit', 'timm', 'hf', 'torchvision', 'jax'
+    source_path: str = ""                # the file or folder it was read from
 
 
 def registered_family(name: str, path: Path) -> str:

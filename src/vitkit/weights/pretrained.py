@@ -47,7 +47,12 @@ def _dialects() -> dict:
 
 def read_any(path: str | Path, name: str | None = None, *, trust_pickle: bool = False) -> Converted:
     """Read a checkpoint of any supported dialect into vitkit's keys (no model is built)."""
-    path = Path(path)
+    converted = _read_any(Path(path), name, trust_pickle)
+    converted.source_path = str(path)
+    return converted
+
+
+def _read_any(path: Path, name: str | None, trust_pickle: bool) -> Converted:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_file() and is_vitkit_checkpoint(path):
@@ -66,9 +71,10 @@ def read_any(path: str | Path, name: str | None = None, *, trust_pickle: bool = 
     return Converted(name, read_state_dict(path, trust_pickle=trust_pickle), {}, None, "timm")
 
 
-def adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+def adapt_state_dict(model: nn.Module, state: dict[str, Tensor], notes: list[str] | None = None) -> dict[str, Tensor]:
     """Fit `state` to `model` where only the image or window size differs (position tables), and supply
-    BatchNorm counters a file lacks."""
+    BatchNorm counters a file lacks. What was resized is appended to `notes`, one line each."""
+    notes = [] if notes is None else notes
     expected = model.state_dict()
     out = dict(state)
     for key in expected:  # BatchNorm's step counter is bookkeeping, absent from older (torchvision) files
@@ -82,16 +88,48 @@ def adapt_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Te
             prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
             new_grid = tuple(model.patch_embed.grid_size)
             out[key] = resample_abs_pos_embed(value, new_grid, num_prefix_tokens=prefix)
+            old = value.shape[1] - prefix
+            notes.append(f"resized {key}: {old} patch positions → {new_grid[0]}×{new_grid[1]} (bicubic)")
         elif key.endswith("relative_position_bias_table") and value.ndim == 2:
             extra = _extra_rows(target[0])
             new_side = (math.isqrt(target[0] - extra) + 1) // 2
             out[key] = resize_rel_pos_table(value, new_side, num_extra=extra)
+            notes.append(f"resized {key}: {value.shape[0]} → {target[0]} rows")
     return out
 
 
 def _extra_rows(rows: int) -> int:
     """0 for a Swin table ((2W-1)² rows), 3 for BEiT's ((2W-1)² + 3: the [CLS] rows)."""
     return 0 if math.isqrt(rows) ** 2 == rows else 3
+
+
+def fit_pretrained(converted: Converted, classes: list[str] | None = None, **overrides) -> tuple[nn.Module, list[str]]:
+    """Build `converted`'s model with `overrides` and load its weights, fitted to the new sizes; in eval mode.
+    Returns (model, notes): one line for each table resized and for a head left freshly initialised. The head
+    is new when num_classes differs, or when `classes` (the names the model will learn) differ from the
+    checkpoint's recorded ones."""
+    model = create_model(converted.model_name, **{**converted.overrides, **overrides})
+    notes: list[str] = []
+    state = adapt_state_dict(model, converted.state, notes)
+    fresh_head: list[str] = []
+    renamed = classes is not None and converted.classes is not None and list(classes) != list(converted.classes)
+    if "num_classes" in overrides:  # a new head: drop the checkpoint's if it does not fit
+        expected = model.state_dict()
+        fresh_head = [k for k in expected if k.startswith(HEAD_PREFIXES) and k in state
+                      and (renamed or state[k].shape != expected[k].shape)]
+        state = {k: v for k, v in state.items() if k not in fresh_head}
+        if fresh_head:
+            why = "other class names" if renamed else f"{overrides['num_classes']} classes"
+            notes.append(f"new head for {why}: {', '.join(fresh_head)} freshly initialised")
+    check_state_dict(model, state, source=f"{converted.source_path or 'checkpoint'} ({converted.source})",
+                     ignore_missing=fresh_head)
+    model.load_state_dict(state, strict=not fresh_head)
+    model.pretrained_classes = None if fresh_head else converted.classes
+    return model.eval(), notes
+
+
+# The classifier's parameters in every family: ViT/DeiT/BEiT/Swin/CaiT `head`, DeiT's `head_dist`, ResNet's `fc`.
+HEAD_PREFIXES = ("head.", "head_dist.", "fc.")
 
 
 def load_pretrained(path: str | Path, name: str | None = None, *, trust_pickle: bool = False,
@@ -104,16 +142,4 @@ def load_pretrained(path: str | Path, name: str | None = None, *, trust_pickle: 
         num_classes=10 (the checkpoint's head is dropped and a fresh one initialised).
     The label names, when the checkpoint has them, are in `model.pretrained_classes`.
     """
-    converted = read_any(path, name, trust_pickle=trust_pickle)
-    model = create_model(converted.model_name, **{**converted.overrides, **overrides})
-    state = adapt_state_dict(model, converted.state)
-    fresh_head: list[str] = []
-    if "num_classes" in overrides:  # a new head: drop the checkpoint's if it does not fit
-        expected = model.state_dict()
-        fresh_head = [k for k in expected if k.startswith("head") and k in state
-                      and state[k].shape != expected[k].shape]
-        state = {k: v for k, v in state.items() if k not in fresh_head}
-    check_state_dict(model, state, source=f"{path} ({converted.source})", ignore_missing=fresh_head)
-    model.load_state_dict(state, strict=not fresh_head)
-    model.pretrained_classes = None if fresh_head else converted.classes
-    return model.eval()
+    return fit_pretrained(read_any(path, name, trust_pickle=trust_pickle), **overrides)[0]

@@ -1,0 +1,77 @@
+"""The seam between the one training runtime (train/loop.py) and a training method.
+
+The runtime owns what every run shares: processes, device, threads, autocast, micro-batches and
+accumulation, clipping, the optimiser and its schedule, the EMA, checkpoints and exact resume, metrics,
+logs, plots and progress. An objective owns the rest:
+
+    train_set / val_set      what a sample is; train_set items are asked for as (index, key) (train/plan.py)
+    build_model()            the module the runtime trains (from the --init checkpoint, when one is given)
+    loss(model, batch, gen)  the loss of one micro-batch, with extra figures to log; `gen` is the
+                             micro-batch's own generator, for draws such as mixup
+    evaluate(model, loader, procs)   figures over this process's share of val_set, summed over processes
+    score                    which of those figures picks best.safetensors (higher is better)
+    record                   what is saved beside the weights (classes, normalisation, crop rule, ...)
+    state_tensors / load_state_tensors   anything else to carry across a resume
+
+A new objective is a subclass registered in OBJECTIVES; it touches no runtime code.
+"""
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..weights.converted import Converted
+from .config import TrainConfig
+from .dist import Processes
+
+
+class Objective:
+    name: ClassVar[str]
+    score: ClassVar[str]            # the evaluate() figure that picks the best checkpoint (higher is better)
+
+    train_set: Dataset
+    val_set: Dataset
+    record: dict                    # saved beside the weights
+    model_name: str                 # the registered name the weights rebuild from
+    model_overrides: dict           # create_model options the weights need
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, log: Callable[[str], None],
+                 init: Converted | None = None):
+        self.cfg, self.device, self.log, self.init = cfg, device, log, init
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, procs: Processes) -> dict[str, float]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the run log: what is trained on what."""
+        return f"{self.name}: {len(self.train_set)} train / {len(self.val_set)} val samples"
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        pass
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+def get_objective(name: str) -> type[Objective]:
+    from . import classify, distill  # noqa: F401  (they register themselves)
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; the known ones are {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]
