@@ -141,6 +141,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, resume: bool = Fa
 
 def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) -> RunResult:
     run_dir, main = cfg.run_dir, procs.is_main
+    if not main:
+        say = lambda *_: None  # noqa: E731  (rank 0 speaks for every process)
     paths = {k: run_dir / f"{k}.safetensors" for k in ("last", "best", "ema")}
     metrics_path = run_dir / "metrics.jsonl"
     if main:
