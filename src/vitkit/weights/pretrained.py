@@ -115,11 +115,12 @@ def fit_pretrained(converted: Converted, classes: list[str] | None = None, **ove
     renamed = classes is not None and converted.classes is not None and list(classes) != list(converted.classes)
     if "num_classes" in overrides:  # a new head: drop the checkpoint's if it does not fit
         expected = model.state_dict()
-        fresh_head = [k for k in expected if k.startswith(HEAD_PREFIXES) and k in state
-                      and (renamed or state[k].shape != expected[k].shape)]
+        misshaped = [k for k in expected if k.startswith(HEAD_PREFIXES) and k in state
+                     and state[k].shape != expected[k].shape]
+        fresh_head = [k for k in expected if k.startswith(HEAD_PREFIXES) and k in state] if renamed else misshaped
         state = {k: v for k, v in state.items() if k not in fresh_head}
         if fresh_head:
-            why = "other class names" if renamed else f"{overrides['num_classes']} classes"
+            why = f"{overrides['num_classes']} classes" if misshaped else "other class names"
             notes.append(f"new head for {why}: {', '.join(fresh_head)} freshly initialised")
     check_state_dict(model, state, source=f"{converted.source_path or 'checkpoint'} ({converted.source})",
                      ignore_missing=fresh_head)
