@@ -45,7 +45,6 @@ class Renormalised(nn.Module):
 @register_objective
 class Distill(Classify):
     name = "distill"
-    score = "val_acc"
 
     def __init__(self, cfg, device, log, init=None):
         super().__init__(cfg, device, log, init)
