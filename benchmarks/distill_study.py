@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--distill", choices=["soft", "hard"], default="hard")
+    p.add_argument("--alpha", type=float, default=0.5, help="distillation weight (default 0.5)")
+    p.add_argument("--tau", type=float, default=1.0, help="soft-distillation temperature (default 1)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs-dir", default="runs/distill-study")
     args = p.parse_args()
@@ -41,14 +43,16 @@ def main() -> None:
     results = {"student alone": [], f"student distilled ({args.distill})": []}
     for seed in args.seeds:
         for label, extra in results.items():
-            distil = dict(teacher=ckpt, distill=args.distill) if "distilled" in label else {}
+            distil = (dict(teacher=ckpt, distill=args.distill, distill_alpha=args.alpha, distill_tau=args.tau)
+                      if "distilled" in label else {})
             name = f"{'distilled' if distil else 'alone'}-seed{seed}"
             run = train(TrainConfig(**common, name=name, model=STUDENT, model_overrides=STUDENT_OPTS, img_size=28,
                                     epochs=args.epochs, seed=seed, **distil), overwrite=True, log=quiet)
             extra.append((run.best_score, run.metrics[-1]["val_acc"]))
             print(f"  seed {seed}  {label:<28} best {run.best_score:.4f}  last {run.metrics[-1]['val_acc']:.4f}")
     print(f"\n{cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; MNIST with {args.labels} labels; "
-          f"student {STUDENT} {STUDENT_OPTS}; {args.epochs} epochs; seeds {args.seeds}")
+          f"student {STUDENT} {STUDENT_OPTS}; {args.epochs} epochs; seeds {args.seeds}; alpha {args.alpha}, "
+          f"tau {args.tau}")
     print(f"  teacher                      best {teacher.best_score:.4f}")
     for label, runs in results.items():
         print(f"  {label:<28} mean best {statistics.mean(b for b, _ in runs):.4f} "
