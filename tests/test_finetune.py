@@ -26,8 +26,8 @@ def config(tmp_path, **kw) -> TrainConfig:
 def built(cfg, log=None):
     """The model the classify objective builds for `cfg` (with its --init), and the log lines."""
     lines = []
-    cfg = resolve(cfg, embedded=cfg.data in ("digits", "mnist"))
     init = read_any(cfg.init, cfg.model) if cfg.init else None
+    cfg = resolve(cfg, embedded=cfg.data in ("digits", "mnist"), init_model=init.model_name if init else None)
     model = Classify(cfg, torch.device("cpu"), lines.append, init).build_model()
     return model, lines
 
@@ -187,3 +187,38 @@ def test_tensorboard_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     result = train(config(tmp_path, tensorboard=True), log=lambda *_: None)
     assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _hf_folder(path, transformers):
+    from test_hf import save_hf
+    model, _ = save_hf(transformers, "vit", path)
+    return dict(model.named_parameters())["vit.layers.0.attention.q_proj.weight"]
+
+
+def _jax_npz(path, timm):
+    import numpy as np
+    from test_jax_weights import _timm_vit, to_jax
+    model = _timm_vit(timm, img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=7)
+    np.savez(path, **to_jax(model))
+    return model.blocks[0].attn.qkv.weight[:48]
+
+
+def _torchvision_pth(path, timm):
+    from test_torchvision_weights import _save, tv_vit
+    model = tv_vit("vit_b_16", image_size=32, num_layers=2, num_classes=7)
+    _save(model, path)
+    return model.encoder.layers[0].self_attention.in_proj_weight[:768]
+
+
+@pytest.mark.parametrize("dialect,make,file", [("hf", _hf_folder, "hf"), ("jax", _jax_npz, "vit.npz"),
+                                               ("torchvision", _torchvision_pth, "vit_b_16.pth")])
+def test_init_from_every_dialect_trains(tmp_path, dialect, make, file, request):
+    """--init reads what load_pretrained reads: a Hugging Face folder, a JAX .npz, a torchvision .pth."""
+    ref = make(tmp_path / file, request.getfixturevalue("transformers" if dialect == "hf" else "timm"))
+    cfg = config(tmp_path, init=str(tmp_path / file), model=None, img_size=16, model_overrides={})
+    model, lines = built(cfg)
+    text = "\n".join(lines)
+    assert f"({dialect}, " in text and "new head for 10 classes" in text, text
+    assert torch.equal(model.blocks[0].attn.qkv.weight[:ref.shape[0]], ref)  # the file's weights, as they are
+    result = train(cfg, log=lambda *_: None)
+    assert load_checkpoint(result.run_dir / "best.safetensors").data["img_size"] == [16, 16]

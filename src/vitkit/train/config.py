@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0                        # one seed for split, init, shuffling, augmentation, dropout
     device: str = "auto"                 # 'auto' (CUDA if present), 'cpu' or 'cuda'
     threads: int | None = None           # torch CPU threads per process (default: torch's)
+    fsdp: bool = False                   # under torchrun: shard weights, gradients and optimiser state (FSDP2) instead of DDP
     amp: bool = True                     # bfloat16 autocast on CUDA (ignored on the CPU)
     num_workers: int = 0                 # DataLoader worker processes (image decoding)
     progress: bool = True                # show a progress bar over the whole run
@@ -77,7 +78,7 @@ class TrainConfig:
 
 
 # Fields that say how a run executes, not what it computes: they may differ when a run is resumed.
-RUNTIME_FIELDS = {"device", "threads", "progress", "num_workers", "runs_dir", "tensorboard", "epochs"}
+RUNTIME_FIELDS = {"device", "threads", "progress", "num_workers", "runs_dir", "tensorboard", "epochs", "fsdp"}
 
 CHOICES = {"objective": (None, "classify", "distill"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
            "train_crop": (None, "shift", "rrc", "none"), "distill": ("soft", "hard"), "recipe": (None, "deit")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 class WeightEma:
@@ -23,9 +23,3 @@ class WeightEma:
                 ema.lerp_(value.to(ema.dtype), 1.0 - self.decay)
             else:
                 ema.copy_(value)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.module.load_state_dict(state, strict=True)

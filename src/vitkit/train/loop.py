@@ -24,8 +24,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data import EMBEDDED
@@ -38,8 +40,9 @@ from .ema import WeightEma
 from .metrics import append_metrics, plot_metrics, read_metrics, write_metrics
 from .objective import Objective, get_objective
 from .optim import freeze_backbone, lr_factor, make_optimizer, set_lr
-from .plan import EpochPlan
-from .state import all_finite, clear_run, optimizer_tensors, remove_orphans, restore_optimizer, resume_config
+from .plan import EpochPlan, EvalShards
+from .shard import spread
+from .state import clear_run, remove_orphans, resume_config
 
 PLOT_EVERY_S = 10.0  # metrics.png is redrawn at most this often (drawing costs ~0.1 s), and after the last epoch
 
@@ -62,15 +65,14 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callab
                    autocast=nullcontext) -> tuple[float, dict[str, float]]:
     """One step over a list of micro-batches: for each, the global RNG (dropout, drop path) is seeded from its
     key, loss_fn(model, batch, generator) runs under `autocast`, and loss / len(micro_batches) is back-propagated
-    (under DDP, gradients are exchanged on the last micro-batch only). Then the gradients are clipped to
+    (under DDP or FSDP, gradients are exchanged on the last micro-batch only). Then the gradients are clipped to
     `clip_grad` and checked: a non-finite norm raises FloatingPointError before the weights change.
     Returns (mean loss, mean of the extra figures)."""
     keys = keys or [(i,) for i in range(len(micro_batches))]
     total, extra = 0.0, {}
     for j, (batch, key) in enumerate(zip(micro_batches, keys)):
         torch.manual_seed(rng_seed(*key, 2))
-        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and j < len(keys) - 1 else nullcontext()
-        with sync:
+        with _exchange_gradients(model, j == len(keys) - 1):
             with autocast():
                 loss, logs = loss_fn(model, batch, rng(*key, 1))
             (loss / len(micro_batches)).backward()
@@ -79,12 +81,23 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callab
             extra[k] = extra.get(k, 0.0) + v / len(micro_batches)
     params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
     norm = nn.utils.clip_grad_norm_(params, clip_grad or float("inf"))
+    if isinstance(norm, DTensor):  # FSDP: the norm over every shard
+        norm = norm.full_tensor()
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         raise FloatingPointError(f"the gradients became {norm.item()} (loss {total:.4g})")
     opt.step()
     opt.zero_grad(set_to_none=True)
     return total, extra
+
+
+def _exchange_gradients(model: nn.Module, last: bool):
+    """A context for one micro-batch's backward: gradients are exchanged between processes on the last one only."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(last)
+    return nullcontext()
 
 
 def _to(batch, device: torch.device):
@@ -159,24 +172,24 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
     if cfg.freeze == "backbone":
         trained = freeze_backbone(model)
         say(f"backbone frozen: training {', '.join(trained)} only")
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, kind=cfg.optimizer, layer_decay=cfg.layer_decay)
     ema = WeightEma(model, cfg.ema) if cfg.ema else None
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if procs.world > 1 else model
+    weights = spread(cfg.fsdp, procs, device)  # replicated (DDP under torchrun) or sharded (FSDP2)
+    net = weights.wrap(model, ema.module if ema else None)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, kind=cfg.optimizer, layer_decay=cfg.layer_decay)
     micro = cfg.accum_steps or procs.world
     plan = EpochPlan(len(objective.train_set), cfg.batch_size, micro, procs.rank, procs.world, cfg.seed, 0)
     total_steps, warmup_steps = cfg.epochs * plan.steps, round(cfg.warmup_epochs * plan.steps)
-    val_share = Subset(objective.val_set, range(procs.rank, len(objective.val_set), procs.world))
-    val_loader = DataLoader(val_share, batch_size=plan.micro_size, num_workers=cfg.num_workers)
+    val_loader = DataLoader(objective.val_set, num_workers=cfg.num_workers,
+                            batch_sampler=EvalShards(len(objective.val_set), plan.micro_size, procs.rank, procs.world))
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=cfg.amp and device.type == "cuda")
 
     start_epoch, step, best, best_epoch = 0, 0, float("-inf"), 0
     if ckpt is not None:
-        model.load_state_dict(ckpt.state, strict=True)
-        restore_optimizer(opt, ckpt.train_tensors, ckpt.train["optim_groups"])
+        weights.load_state(model, ckpt.state)
+        weights.load_optimizer(model, opt, ckpt.train_tensors, ckpt.train["optim_groups"])
         if ema is not None:
-            ema.load_state_dict({k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("ema.")})
+            weights.load_state(ema.module, {k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("ema.")})
         objective.load_state_tensors({k[4:]: v for k, v in ckpt.train_tensors.items() if k.startswith("obj.")})
         t = ckpt.train
         start_epoch, step, best, best_epoch = t["epoch"], t["step"], t["best_score"], t["best_epoch"]
@@ -188,7 +201,7 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
         say(f"training {cfg.model} ({n_params:,} parameters), objective {cfg.objective}, on {cfg.data}: "
             f"{objective.describe()}; {cfg.epochs} epochs of {plan.steps} steps ({cfg.batch_size} images each, "
             f"{micro} micro-batch(es) of {plan.micro_size}) on {device}"
-            + (f", {procs.world} processes" if procs.world > 1 else ""))
+            + (f", {procs.world} processes" + (" (FSDP2)" if cfg.fsdp else " (DDP)") if procs.world > 1 else ""))
     if main:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     writer = _tensorboard(run_dir) if cfg.tensorboard and main else None
@@ -223,7 +236,7 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss:.3f}")
             waited = time.perf_counter()
         train_s = time.time() - t0
-        if not all_finite(model):
+        if not weights.all_finite(model):
             raise FloatingPointError(f"the weights became non-finite during epoch {epoch + 1}; it was not saved, so "
                                      f"{paths['last'].name} still holds epoch {epoch}. Lower --lr (now {cfg.lr})")
 
@@ -231,26 +244,29 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
         if ema is not None:
             figures.update({f"ema_{k}": v for k, v in objective.evaluate(ema.module, val_loader, procs).items()
                             if not k.startswith("teacher")})
-        row = {"epoch": epoch + 1, **{k: v / plan.steps for k, v in sums.items()}, **figures, "lr": lr,
+        means = procs.all_reduce(torch.tensor(list(sums.values()), dtype=torch.float64)) / (plan.steps * procs.world)
+        row = {"epoch": epoch + 1, **dict(zip(sums, means.tolist())), **figures, "lr": lr,
                "epoch_s": round(time.time() - t0, 3), "train_s": round(train_s, 3), "data_s": round(data_s, 3),
                "elapsed_s": round(time.time() - started, 3)}
         score = figures[objective.score]
         improved = score > best
         if improved:
             best, best_epoch = score, epoch + 1
+        state = weights.full_state(model)  # full tensors (gathered under FSDP: every process takes part)
+        ema_state = weights.full_state(ema.module) if ema is not None else {}
+        tensors, groups = weights.optimizer_state(model, opt)
         if main:
             append_metrics(metrics_path, row)
-            meta = dict(model=model, model_name=objective.model_name, overrides=objective.model_overrides)
+            meta = dict(model_name=objective.model_name, overrides=objective.model_overrides)
             if improved:
-                save_checkpoint(paths["best"], **meta, data={**objective.record, "epoch": epoch + 1,
-                                                             objective.score: score})
+                save_checkpoint(paths["best"], state=state, **meta, data={**objective.record, "epoch": epoch + 1,
+                                                                          objective.score: score})
             if ema is not None:
-                save_checkpoint(paths["ema"], **{**meta, "model": ema.module},
+                save_checkpoint(paths["ema"], state=ema_state, **meta,
                                 data={**objective.record, "epoch": epoch + 1, "ema_decay": cfg.ema})
-            tensors, groups = optimizer_tensors(opt)
-            tensors.update({f"ema.{k}": v for k, v in (ema.state_dict() if ema else {}).items()})
+            tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
             tensors.update({f"obj.{k}": v for k, v in objective.state_tensors().items()})
-            save_checkpoint(paths["last"], **meta, data=objective.record, train_tensors=tensors,
+            save_checkpoint(paths["last"], state=state, **meta, data=objective.record, train_tensors=tensors,
                             train={"config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": step,
                                    "best_score": best, "best_epoch": best_epoch, "score": objective.score,
                                    "optim_groups": groups})

@@ -75,3 +75,31 @@ class EpochPlan:
             for j in self.local_indices(step):
                 start = step * self.batch_size + j * m
                 yield [(order[start + i], (*self.micro_key(step, j), 0, i)) for i in range(m)]  # 0: image draws
+
+
+@dataclass(frozen=True)
+class EvalShards:
+    """This process's share of an evaluation set, as a batch_sampler: items rank, rank + world, ... cut into the
+    same number of batches on every process (FSDP runs each batch as a collective, so no process may run one
+    more than the others). Batches are never empty and hold at most `batch_size` items (2 where that is 1 and
+    the shares differ)."""
+    size: int
+    batch_size: int
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self):
+        if self.size < self.world:
+            raise ValueError(f"the validation split has {self.size} items, fewer than the {self.world} processes; "
+                             f"use more validation data or fewer processes")
+
+    def __len__(self) -> int:
+        largest, smallest = -(-self.size // self.world), self.size // self.world
+        return min(-(-largest // self.batch_size), smallest)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        mine = list(range(self.rank, self.size, self.world))
+        n = len(self)
+        bounds = [len(mine) * b // n for b in range(n + 1)]  # n nearly equal cuts, none empty
+        for lo, hi in zip(bounds, bounds[1:]):
+            yield mine[lo:hi]

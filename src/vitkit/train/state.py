@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from .config import RUNTIME_FIELDS, TrainConfig
@@ -19,24 +18,21 @@ RUN_FILES = ("last.safetensors", "best.safetensors", "ema.safetensors", "metrics
              "config.json")
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
-    """The optimiser's per-parameter state as flat tensors (for safetensors), and its groups (JSON-able)."""
-    state = opt.state_dict()
+def flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], list[dict]]:
+    """An optimiser state dict (parameters numbered) as flat tensors for safetensors, and its JSON-able groups."""
     tensors = {f"optim.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()
                if isinstance(v, Tensor)}
     return tensors, state["param_groups"]
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict]) -> None:
+def unflatten_optimizer(tensors: dict[str, Tensor], groups: list[dict]) -> dict:
+    """flatten_optimizer undone: the state dict that Optimizer.load_state_dict takes."""
     per_param: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
             per_param.setdefault(int(idx), {})[name] = value
-    if len(groups) != len(opt.param_groups):
-        raise ValueError(f"the checkpoint's optimiser has {len(groups)} parameter groups but this run builds "
-                         f"{len(opt.param_groups)}; resume with the same --freeze, --layer-decay and model")
-    opt.load_state_dict({"state": per_param, "param_groups": groups})
+    return {"state": per_param, "param_groups": groups}
 
 
 def resume_config(saved: TrainConfig, asked: TrainConfig) -> TrainConfig:
@@ -72,7 +68,3 @@ def remove_orphans(run_dir: Path) -> list[Path]:
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
-
-
-def all_finite(module: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())

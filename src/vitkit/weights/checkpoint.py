@@ -46,10 +46,14 @@ class Checkpoint:
         return model.eval()
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, overrides: dict, data: dict,
-                    train: dict | None = None, train_tensors: dict[str, Tensor] | None = None) -> None:
-    """Write a checkpoint atomically (see the module docstring for the layout)."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+def save_checkpoint(path: str | Path, *, model: nn.Module | None = None, model_name: str, overrides: dict,
+                    data: dict, train: dict | None = None, train_tensors: dict[str, Tensor] | None = None,
+                    state: dict[str, Tensor] | None = None) -> None:
+    """Write a checkpoint atomically (see the module docstring for the layout): the weights of `model`, or
+    `state` where they are already gathered (a sharded model's)."""
+    if (model is None) == (state is None):
+        raise TypeError("save_checkpoint takes the weights as model= or as state=, one of the two")
+    tensors = {f"model.{k}": v for k, v in (model.state_dict() if state is None else state).items()}
     tensors.update({f"train.{k}": v for k, v in (train_tensors or {}).items()})
     meta = {"format": FORMAT, "vitkit_version": __version__,
             "model": to_json({"name": model_name, "overrides": overrides}), "data": to_json(data)}
