@@ -628,3 +628,58 @@ def test_first_queries_give_the_same_gradients():
     attn(x, n_queries=2).square().sum().backward()
     for a, b in zip(full, (x, *attn.parameters())):
         torch.testing.assert_close(b.grad, a, atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A query with no key to attend to: one answer on both paths (zero weights, zero output).
+# ---------------------------------------------------------------------------------------------
+def _dead_row_cases():
+    keep = torch.ones(2, 1, 5, 3, dtype=torch.bool)
+    keep[0, :, 1] = False           # sample 0, query 1: every key masked
+    keep[1] = False                 # sample 1: all padding
+    keep[1, :, :, 0] = True
+    keep[1, :, 3] = False           # ... but query 3 sees nothing
+    additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    bias = torch.randn(2, 5, 3)
+    return {"bool": dict(mask=keep), "-inf float": dict(mask=additive), "bias + bool": dict(mask=keep, bias=bias),
+            "bias + -inf float": dict(mask=additive, bias=bias), "causal Nq > Nk": dict(causal=True)}, keep
+
+
+@pytest.mark.parametrize("case", ["bool", "-inf float", "bias + bool", "bias + -inf float", "causal Nq > Nk"])
+def test_fully_masked_rows_give_zero_on_both_paths_with_finite_gradients(case):
+    torch.manual_seed(11)
+    cases, keep = _dead_row_cases()
+    kwargs = cases[case]
+    dead = ~allowed_by_causal(5, 3).any(-1) if case.startswith("causal") else ~keep.any(-1)  # (…, Nq)
+    dead = dead.expand(2, 2, 5)
+    assert dead.any() and not dead.all()
+    results = []
+    for need_weights in (False, True):
+        torch.manual_seed(12)
+        q, k, v = (torch.randn(2, 2, n, 4).requires_grad_() for n in (5, 3, 3))
+        out, weights = attend(q, k, v, need_weights=need_weights, **kwargs)
+        out.square().sum().backward()
+        grads = [t.grad for t in (q, k, v)]
+        assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+        assert (out[dead] == 0).all()
+        if weights is not None:
+            assert torch.isfinite(weights).all() and (weights[dead] == 0).all()
+            torch.testing.assert_close(weights[~dead].sum(-1), torch.ones(int((~dead).sum())))
+        results.append((out, *grads))
+    for fused, explicit in zip(*results):  # output, then the gradients of q, k, v
+        torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+
+
+def test_an_attached_recorder_does_not_change_outputs_on_all_padding():
+    """Attaching an explainer (the explicit path) must not change a model's outputs, padding or not."""
+    torch.manual_seed(13)
+    attn = Attention(16, num_heads=2).eval()
+    x = torch.randn(3, 6, 16)
+    mask = padding_mask(torch.tensor([6, 2, 0]), 6)  # the third sequence is all padding
+    fused = attn(x, mask=mask)
+    attn.recorder, attn.name = AttentionRecorder(), "attn"
+    recorded = attn(x, mask=mask)
+    torch.testing.assert_close(recorded, fused, atol=1e-6, rtol=0)
+    assert torch.isfinite(recorded).all()
+    (w,) = attn.recorder.maps["attn"]
+    assert (w[2] == 0).all() and torch.isfinite(w).all()

@@ -281,12 +281,40 @@ def test_timm_hub_folders_are_not_taken_for_transformers_ones(tmp_path):
     assert not hf.detect(folder / "model.safetensors")
 
 
-def test_an_activation_other_than_exact_gelu_is_refused(tmp_path, transformers):
+@pytest.mark.parametrize("act,option", [("gelu_python", {}), ("gelu_pytorch_tanh", {"act": "gelu_tanh"}),
+                                        ("gelu_new", {"act": "gelu_tanh"})])
+def test_exact_and_tanh_gelu_configs_load_with_transformers_outputs(act, option, tmp_path, transformers):
+    """gelu_python is exact GELU written in Python; gelu_pytorch_tanh and gelu_new are the tanh approximation,
+    which vitkit's ViT and DeiT compute with act='gelu_tanh'. A write() of the result records it again."""
+    model = transformers.ViTForImageClassification(transformers.ViTConfig(**dict(SMALL, hidden_act=act)))
+    perturb(model, params={"*": add_noise(0.05)}).eval()
+    model.save_pretrained(tmp_path / "in")
+    x = torch.randn(2, 3, 32, 32)
+    converted = hf.read(tmp_path / "in")
+    assert {k: v for k, v in converted.overrides.items() if k == "act"} == option
+    ours = load(converted)
+    close = max_diff(ours, x, hf_output(model, x))
+    assert close <= TOL
+    if option:  # exact GELU on the same weights is measurably further off: the option is what makes the match
+        exact = vitkit.create_model(converted.model_name, **{**converted.overrides, "act": "gelu"}).eval()
+        exact.load_state_dict(converted.state)
+        assert max_diff(exact, x, hf_output(model, x)) > 10 * close + 1e-6
+    hf.write(ours, converted.model_name, tmp_path / "out")
+    assert json.loads((tmp_path / "out/config.json").read_text())["hidden_act"] == (
+        "gelu_pytorch_tanh" if option else "gelu")
+
+
+def test_an_activation_vitkit_does_not_compute_is_refused(tmp_path, transformers):
     save_hf(transformers, "vit", tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps(dict(config, hidden_act="gelu_new")))
-    with pytest.raises(CheckpointError, match="hidden_act='gelu_new'.*exact GELU"):
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, hidden_act="relu")))
+    with pytest.raises(CheckpointError, match="hidden_act='relu'.*exact or tanh-approximated GELU"):
         hf.read(tmp_path)
+    save_hf(transformers, "convnext", tmp_path / "c")
+    config = json.loads((tmp_path / "c/config.json").read_text())
+    (tmp_path / "c/config.json").write_text(json.dumps(dict(config, hidden_act="gelu_new")))
+    with pytest.raises(CheckpointError, match="hidden_act='gelu_new'.*exact GELU only"):
+        hf.read(tmp_path / "c")
 
 
 def test_a_layer_norm_eps_a_family_cannot_take_is_refused(tmp_path, transformers):
@@ -319,3 +347,17 @@ def test_tensors_that_do_not_fit_are_all_named_in_one_error(tmp_path, transforme
     assert "missing key(s): norm.weight" in msg
     assert "unexpected key(s): encoder.layer.0.extra.weight" in msg
     assert "head.weight (checkpoint (9, 32), model (5, 32))" in msg
+
+
+def test_a_non_square_beit_with_relative_position_bias_is_refused_both_ways(tmp_path, transformers):
+    """transformers indexes BEiT's relative-position table transposed on a non-square grid (vitkit equals timm
+    and the original code), so such a folder would load with other logits: refused with the reason, as is writing
+    one (square ones load: test_a_transformers_folder_reads_into_vitkit_with_the_same_outputs[beit])."""
+    options = dict(SMALL, image_size=[32, 48], num_labels=3, use_relative_position_bias=True)
+    transformers.BeitForImageClassification(transformers.BeitConfig(**options)).save_pretrained(tmp_path / "rel")
+    with pytest.raises(CheckpointError, match=r"image_size \[32, 48\] is not square.*transposed"):
+        hf.read(tmp_path / "rel")
+    ours = vitkit.create_model("beit_base_patch16_224", img_size=(32, 48), patch_size=8, embed_dim=32, depth=2,
+                               num_heads=2, num_classes=3)
+    with pytest.raises(CheckpointError, match="non-square image size .* relative position bias"):
+        hf.write(ours, "beit_base_patch16_224", tmp_path / "out")

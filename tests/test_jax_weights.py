@@ -100,6 +100,9 @@ def _backbone_to_jax(sd: dict) -> dict[str, np.ndarray]:
 
 # ---- helpers ------------------------------------------------------------------------------------------------
 def _timm_vit(timm, name: str | None = None, **kw) -> torch.nn.Module:
+    """A perturbed timm ViT computing as the release does: tanh GELU (Flax's default; the test against Flax
+    itself is test_the_release_numerics_are_flax_s)."""
+    kw.setdefault("act_layer", "gelu_tanh")
     if name:
         model = timm.create_model(name, pretrained=False, **kw)
     else:
@@ -138,9 +141,9 @@ def test_a_registered_vit_with_class_token_and_head_is_named_and_matches_timm(ti
     path = tmp_path / "Ti_16.npz"
     np.savez(path, **to_jax(theirs))
     assert jax_weights.detect(path)
-    ref = _reference(lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False), path)
+    ref = _reference(lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, act_layer="gelu_tanh"), path)
     got = jax_weights.read(path)
-    assert (got.model_name, got.overrides, got.source) == ("vit_tiny_patch16_224", {}, "jax")
+    assert (got.model_name, got.overrides, got.source) == ("vit_tiny_patch16_224", {"act": "gelu_tanh"}, "jax")
     x = torch.randn(2, 3, 224, 224)
     assert _max_diff(_ours(got), ref, x) <= TOL
     assert _max_diff(ref, theirs, x) <= TOL  # timm's loader read our file as we meant it
@@ -153,7 +156,8 @@ def test_a_small_unregistered_size_gets_overrides(timm, tmp_path):
     np.savez(path, **to_jax(theirs))
     got = jax_weights.read(path)
     assert got.model_name == "vit_base_patch8_224"  # no size has width 48: the base one, overridden
-    assert got.overrides == dict(img_size=32, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, num_classes=7)
+    assert got.overrides == dict(img_size=32, embed_dim=48, depth=2, num_heads=3, mlp_ratio=2.0, num_classes=7,
+                                 act="gelu_tanh")
     ref = _reference(lambda: _timm_vit(timm, **kw), path)
     assert _max_diff(_ours(got), ref, torch.randn(2, 3, 32, 32)) <= TOL
 
@@ -232,8 +236,8 @@ def test_hybrid_r26_vit_matches_timm(timm, tmp_path):
     path = tmp_path / "R26_S_32.npz"
     np.savez(path, **arrays)
     got = jax_weights.read(path)
-    assert (got.model_name, got.overrides) == ("vit_small_r26_s32_224", kw)
-    ref = _reference(lambda: timm.create_model("vit_small_r26_s32_224", pretrained=False, **kw), path)
+    assert (got.model_name, got.overrides) == ("vit_small_r26_s32_224", {**kw, "act": "gelu_tanh"})
+    ref = _reference(lambda: timm.create_model("vit_small_r26_s32_224", pretrained=False, act_layer="gelu_tanh", **kw), path)
     assert _max_diff(_ours(got), ref, torch.randn(2, 3, 64, 64)) <= TOL
 
 
@@ -248,7 +252,7 @@ def tiny_npz(tmp_path, timm):
 
 def test_a_given_name_must_have_the_files_architecture(tiny_npz):
     got = jax_weights.read(tiny_npz, "vit_tiny_patch16_384")  # image size and classes may differ
-    assert got.model_name == "vit_tiny_patch16_384" and got.overrides == {"img_size": 32, "num_classes": 3}
+    assert got.model_name == "vit_tiny_patch16_384" and got.overrides == {"img_size": 32, "num_classes": 3, "act": "gelu_tanh"}
     with pytest.raises(CheckpointError, match=r"does not fit 'vit_base_patch16_224'.*embed_dim 192") as err:
         jax_weights.read(tiny_npz, "vit_base_patch16_224")
     assert "ti.npz" in str(err.value)

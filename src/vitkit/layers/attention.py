@@ -9,6 +9,12 @@ the score shape (B, H, Nq, Nk).
 `attend` takes PyTorch's fused kernel (`F.scaled_dot_product_attention`) unless the caller asks
 for the weights, in which case it runs the explicit path and returns them too. The explainers
 ask only for the layers they look at; every other layer stays fused.
+
+A query that may attend to no key at all (every key masked: causal attention with more queries
+than keys, a sequence that is all padding) gets all-zero weights and a zero output, on both
+paths and on every backend, with finite gradients. (softmax over only -inf is NaN; PyTorch's
+CPU kernel returns 0 there, so the explicit path and attached explainers used to disagree with
+the fused one.)
 """
 from __future__ import annotations
 
@@ -56,6 +62,13 @@ def _as_additive(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
+def _no_key(mask: Tensor) -> Tensor:
+    """(..., Nq, 1): True for the query rows of `mask` that allow no key."""
+    if mask.dtype == torch.bool:
+        return ~mask.any(dim=-1, keepdim=True)
+    return (mask == float("-inf")).all(dim=-1, keepdim=True)
+
+
 def _first_queries(t: Tensor | None, n: int) -> Tensor | None:
     """A mask or bias (..., Nq, Nk) cut to its first n query rows (one that broadcasts over queries is kept)."""
     return t if t is None or t.dim() < 2 or t.shape[-2] == 1 else t[..., :n, :]
@@ -96,6 +109,8 @@ def attend(
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+        if mask is not None:
+            out = out.masked_fill(_no_key(mask), 0.0)  # whatever the backend returned for such rows
         return AttentionResult(out, None)
 
     scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
@@ -106,7 +121,8 @@ def attend(
             scores = scores + mask.to(scores.dtype)  # as the fused path: a merged mask is float32
     if logits_hook is not None:
         scores = logits_hook(scores)
-    weights = scores.softmax(dim=-1)
+    dead = (scores == float("-inf")).all(dim=-1, keepdim=True)  # (B, H, Nq, 1): no key allowed
+    weights = scores.masked_fill(dead, 0.0).softmax(dim=-1).masked_fill(dead, 0.0)
     if weights_hook is not None:
         weights = weights_hook(weights)
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights

@@ -25,6 +25,9 @@ from ..registry import ModelEntry, register
 from ._common import check_global_pool, new_head, pool_tokens
 
 
+GELUS = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh")}
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     img_size: int | tuple[int, int] = 224   # input resolution the model is built for
@@ -37,6 +40,8 @@ class ViTConfig:
     mlp_ratio: float = 4.0                  # MLP hidden width = mlp_ratio · D
     qkv_bias: bool = True                   # bias on the q, k, v projections
     norm_eps: float = 1e-6                  # LayerNorm epsilon: 1e-6 as the ViT release (transformers' ViTs: 1e-12)
+    act: str = "gelu"                       # MLP activation: 'gelu' (exact; timm, PyTorch) | 'gelu_tanh' (the tanh
+                                            # approximation: Flax's nn.gelu default, so the JAX release's)
     class_token: bool = True                # prepend a learned [CLS] token
     reg_tokens: int = 0                     # learned register tokens after [CLS] (Darcet et al.)
     pos_embed: str = "learn"                # 'learn' | 'sincos' (fixed 2-D) | 'none'
@@ -81,9 +86,11 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
 
         norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        if cfg.act not in GELUS:
+            raise ValueError(f"act must be one of {', '.join(map(repr, GELUS))}, got {cfg.act!r}")
         self.blocks = nn.Sequential(*[
             Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
-                  drop_path=dpr, init_values=cfg.init_values, norm_layer=norm_layer)
+                  drop_path=dpr, init_values=cfg.init_values, norm_layer=norm_layer, act_layer=GELUS[cfg.act])
             for dpr in drop_path_rates(cfg.drop_path_rate, cfg.depth)
         ])
         use_fc_norm = cfg.global_pool == "avg" if cfg.fc_norm is None else cfg.fc_norm

@@ -108,4 +108,7 @@ def _timm_kwargs(converted: Converted) -> dict:
     """The overrides timm's constructors share with ours (sizes, classes, tokens)."""
     keys = ("num_classes", "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio",
             "class_token", "reg_tokens", "global_pool", "qkv_bias", "init_values", "depths", "window_size")
-    return {k: v for k, v in converted.overrides.items() if k in keys}
+    kwargs = {k: v for k, v in converted.overrides.items() if k in keys}
+    if "act" in converted.overrides:
+        kwargs["act_layer"] = converted.overrides["act"]  # timm's names: 'gelu', 'gelu_tanh'
+    return kwargs

@@ -21,7 +21,8 @@ from ..registry import get_entry, model_config
 from .io import CheckpointError
 
 # Fields a name given by the caller may differ in from the file's architecture (they become overrides).
-FREE_FIELDS = frozenset({"img_size", "num_classes", "head_hidden_size", "in_chans"})
+# `act` is not a shape: it says how the weights were trained (the JAX release's tanh GELU), so the file decides it.
+FREE_FIELDS = frozenset({"img_size", "num_classes", "head_hidden_size", "in_chans", "act"})
 
 
 @dataclass

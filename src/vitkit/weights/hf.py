@@ -37,7 +37,8 @@ What is refused, with an error that says why, rather than loaded with different 
   with another (transformers' default 1e-12 for BEiT and ConvNeXt) is refused; set "layer_norm_eps" in config.json
   to vitkit's value if a small difference from transformers' outputs is acceptable. write() records the model's
   own eps, so its folders load exactly.
-- hidden_act other than "gelu" (exact GELU, as vitkit's MLPs), and pooler_act other than "tanh".
+- hidden_act other than exact GELU ("gelu", "gelu_python") or, for ViT and DeiT, its tanh approximation
+  ("gelu_pytorch_tanh", "gelu_new": vitkit's act='gelu_tanh'); pooler_act other than "tanh".
 - Architectures that vitkit does not have: Swin with absolute position embeddings, ConvNeXt with a kernel other
   than 7 or an MLP ratio other than 4 on writing, ...
 
@@ -170,8 +171,9 @@ def model_for_config(config: dict, keys: Iterable[str] | None = None, name: str 
     family = _family(config, source)
     keys = None if keys is None else {k.removeprefix(family.prefix) for k in keys}
     reference, target = family.target(config, keys, source)
-    _check_act_and_eps(config, family, source, eps_is_an_option="norm_eps" in target)
+    _check_eps(config, family, source, eps_is_an_option="norm_eps" in target)
     ref_entry = get_entry(reference)
+    target = {**target, **_act_option(config, family, source, hasattr(ref_entry.config, "act"))}
     recorded = config.get("vitkit_model")  # written by write(); a stale or foreign one is ignored
     if name is None and recorded in list_models() and get_entry(recorded).builder is ref_entry.builder:
         name = recorded
@@ -219,14 +221,28 @@ def _pair(x) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else tuple(x)
 
 
-def _check_act_and_eps(config: dict, family: _Family, source: str, eps_is_an_option: bool) -> None:
-    """vitkit's models have exact GELU; ViT and DeiT take the config's LayerNorm eps (norm_eps), the other families
-    have a fixed one: refuse configs that would give other numbers."""
+EXACT_GELU = ("gelu", "gelu_python")             # transformers' names for the erf GELU
+TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")     # ... and for its tanh approximation (one formula)
+
+
+def _act_option(config: dict, family: _Family, source: str, act_is_an_option: bool) -> dict:
+    """The create_model option for the config's hidden_act: {} for exact GELU, {'act': 'gelu_tanh'} for the tanh
+    approximation where the family has that option (ViT, DeiT); anything else is refused."""
     act = config.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise CheckpointError(
-            f"{source}: hidden_act={act!r}, but vitkit's {family.model_type} models use exact GELU (transformers' "
-            f"'gelu'), so the outputs would differ; vitkit reads only checkpoints with hidden_act 'gelu'")
+    if act in EXACT_GELU:
+        return {}
+    if act in TANH_GELU and act_is_an_option:
+        return {"act": "gelu_tanh"}
+    known = EXACT_GELU + (TANH_GELU if act_is_an_option else ())
+    raise CheckpointError(
+        f"{source}: hidden_act={act!r}, but vitkit's {family.model_type} models compute "
+        f"{'exact or tanh-approximated' if act_is_an_option else 'exact'} GELU only, so the outputs would differ; "
+        f"vitkit reads hidden_act {', '.join(map(repr, known))}")
+
+
+def _check_eps(config: dict, family: _Family, source: str, eps_is_an_option: bool) -> None:
+    """ViT and DeiT take the config's LayerNorm eps (norm_eps); the other families have a fixed one: refuse
+    configs that would give other numbers."""
     eps = config.get("layer_norm_eps", family.hf_eps)
     if eps != family.eps and not eps_is_an_option:
         raise CheckpointError(
@@ -506,12 +522,23 @@ def _swin_target(config, keys, source):
         global_pool="avg")
 
 
+BEIT_NON_SQUARE = ("transformers builds BEiT's relative-position index for a non-square grid transposed from the "
+                   "original BEiT code (and timm, and vitkit), so the same weights give other outputs (measured: "
+                   "logits 0.02-0.04 apart)")
+
+
 def _beit_target(config, keys, source):
     kind = _architecture(config, keys, {"BeitForImageClassification": "classifier", "BeitModel": "base"}, source)
+    img = _image_size(config)
+    rel_pos = config.get("use_relative_position_bias", False) or config.get("use_shared_relative_position_bias", False)
+    if rel_pos and not isinstance(img, int):
+        raise CheckpointError(f"{source}: image_size {list(img)} is not square, and {BEIT_NON_SQUARE}; vitkit "
+                              f"reads square BEiTs with relative position bias only. A square checkpoint can be "
+                              f"loaded and then resized: vitkit.load_pretrained(path, img_size=(H, W))")
     D = config.get("hidden_size", 768)
     ls = config.get("layer_scale_init_value", 0.1)
     return "beit_base_patch16_224", dict(
-        img_size=_image_size(config), patch_size=_patch_size(config, source, 16),
+        img_size=img, patch_size=_patch_size(config, source, 16),
         in_chans=config.get("num_channels", 3), num_classes=_num_labels(config) if kind == "classifier" else 0,
         embed_dim=D, depth=config.get("num_hidden_layers", 12), num_heads=config.get("num_attention_heads", 12),
         mlp_ratio=_mlp_ratio(D, config.get("intermediate_size", 3072), source), qkv_bias=True,
@@ -611,7 +638,8 @@ def write(model: nn.Module, model_name: str, out_dir: str | Path, classes: list[
     prefix = FAMILIES[hf_config["model_type"]].prefix if arch.endswith(("Classification", "WithTeacher")) else ""
     heads = ("classifier.", "cls_classifier.", "distillation_classifier.")
     hf_state = {(k if k.startswith(heads) else prefix + k): v for k, v in hf_state.items()}
-    hf_config.update(architectures=[arch], hidden_act="gelu", id2label={str(i): n for i, n in enumerate(labels)},
+    act = "gelu_pytorch_tanh" if getattr(cfg, "act", "gelu") == "gelu_tanh" else "gelu"
+    hf_config.update(architectures=[arch], hidden_act=act, id2label={str(i): n for i, n in enumerate(labels)},
                      label2id={n: i for i, n in enumerate(labels)}, vitkit_model=model_name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -676,9 +704,12 @@ def _swin_config(cfg, model_name: str) -> tuple[dict, list[Rule], str]:
 def _beit_config(cfg, model_name: str) -> tuple[dict, list[Rule], str]:
     arch = "BeitForImageClassification"
     use_fc_norm = cfg.global_pool == "avg" if cfg.use_fc_norm is None else cfg.use_fc_norm
+    square = isinstance(cfg.img_size, int) or cfg.img_size[0] == cfg.img_size[1]
     _refuse(model_name, {"no q/v biases (qkv_bias=False)": not cfg.qkv_bias,
                          "a LayerNorm placement other than transformers' (use_fc_norm)":
-                             use_fc_norm != (cfg.global_pool == "avg")}, arch)
+                             use_fc_norm != (cfg.global_pool == "avg"),
+                         f"a non-square image size {cfg.img_size} with relative position bias ({BEIT_NON_SQUARE})":
+                             not square and (cfg.use_rel_pos_bias or cfg.use_shared_rel_pos_bias)}, arch)
     D = cfg.embed_dim
     return dict(model_type="beit", hidden_size=D, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
                 intermediate_size=int(D * cfg.mlp_ratio), image_size=_img(cfg.img_size), patch_size=cfg.patch_size,

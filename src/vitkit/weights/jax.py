@@ -42,6 +42,10 @@ registered name closest to it is chosen (vit_{size}_patch{P}_{224|384}, or vit_s
 hybrids) and every difference goes into `Converted.overrides`. A `name` you pass must describe the same
 architecture; only the image size, number of classes, representation size and input channels may differ.
 
+The MLPs run the tanh approximation of GELU (`act='gelu_tanh'`), as the release computes: its Flax code calls
+`nn.gelu`, whose default is `approximate=True`. timm's npz loader keeps timm's exact GELU, which moves the logits
+by about 5e-4 from the release's (tests/test_jax_weights.py, against a Flax forward).
+
 Arrays are read with numpy.load(allow_pickle=False): nothing in the file is executed.
 """
 from __future__ import annotations
@@ -298,7 +302,7 @@ class _Reader:
         reduction = 2 ** (1 + len(arch["backbone_layers"])) if hybrid else 1  # the ResNet's stride
         arch.update(depth=dims["depth"], num_heads=dims["num_heads"], mlp_ratio=dims["mlp"] / D,
                     img_size=side * P * reduction, num_classes=num_classes, head_hidden_size=head_hidden,
-                    class_token=class_token)
+                    class_token=class_token, act="gelu_tanh")  # Flax's nn.gelu is the tanh approximation
         if not class_token:  # classifier 'gap': encoder norm on every token, then their mean
             arch.update(global_pool="avg", fc_norm=False)
         if hybrid:
