@@ -139,10 +139,7 @@ def test_cuda_refused_without_gpu():
         bench.resolve_device("cuda")
 
 
-def test_cli_json(capsys, timm, monkeypatch):
-    import vitkit.cli
-    import vitkit.cli.bench
-    monkeypatch.setitem(vitkit.cli.COMMANDS, "bench", vitkit.cli.bench)  # registered there or not yet
+def test_cli_json(capsys, timm):
     # the CLI takes the registered name at full size: vit_tiny at 32×32 keeps it fast
     rc = main(["bench", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "2", "--warmup", "0", "--iters", "2",
                "--device", "cpu", "--compare", "timm", "--json"])
@@ -154,10 +151,7 @@ def test_cli_json(capsys, timm, monkeypatch):
     assert record["compare"]["infer"]["best_path"] in record["compare"]["infer"]["paths"]
 
 
-def test_cli_micro_batch_without_compare(capsys, monkeypatch):
-    import vitkit.cli
-    import vitkit.cli.bench
-    monkeypatch.setitem(vitkit.cli.COMMANDS, "bench", vitkit.cli.bench)
+def test_cli_micro_batch_without_compare(capsys):
     rc = main(["bench", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "3", "--warmup", "0", "--iters", "1",
                "--device", "cpu", "--mode", "infer", "--micro-batch", "2", "--json"])
     assert rc == 0

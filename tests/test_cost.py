@@ -189,3 +189,23 @@ def test_unknown_model_is_a_clear_error():
         cost_report("vit_bse_patch16_224")
     with pytest.raises(ValueError, match="dtype must be one of"):
         cost_report("vit_tiny_patch16_224", dtype="int8")
+
+
+def test_cli_gives_gflops_and_the_lecture_only_for_its_example(capsys):
+    _, out = _run(capsys, "vit_base_patch16_224")
+    assert "GFLOPs per image" in out and "mlp                     22.310 GFLOPs    63.5%" in out
+    assert "total                   35.128 GFLOPs" in out and "lecture figures" in out
+    _, out = _run(capsys, "vit_pico_patch2_8")
+    assert "MFLOPs per image" in out and "total                    7.138 MFLOPs" in out  # no 0.007 GFLOPs
+    assert "lecture figures" not in out and "--lecture prints them" in out
+    _, out = _run(capsys, "vit_pico_patch2_8", "--lecture")
+    assert "lecture figures" in out and "112.55 MiB" in out
+    _, out = _run(capsys, "vit_pico_patch2_8", "--json")
+    assert json.loads(out)["lecture"] is None
+    _, out = _run(capsys, "vit_base_patch16_224", "--img-size", "384")  # 576 patches: not the lecture's example
+    assert "lecture figures" not in out
+
+
+def test_cli_dtypes_are_the_cost_models():
+    from vitkit.analysis.cost import DTYPE_BYTES
+    assert cost_cli.DTYPES == tuple(DTYPE_BYTES)

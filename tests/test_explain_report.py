@@ -167,3 +167,23 @@ def test_report_screenshot(setup, tmp_path):
               tmp_path / "profile")
     data = shot.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 20_000
+
+
+def test_study_picks_the_models_errors_and_a_mix_of_classes():
+    labels = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    preds = [0, 0, 1, 0, 1, 1, 1, 2, 0, 2]  # errors at 2 (a 0 taken for a 1) and 8 (a 2 taken for a 0)
+    assert explain_cmd.study_indices(labels, preds, 4) == [2, 8, 0, 4]  # errors first, then one per class
+    assert explain_cmd.study_indices(labels, preds, 6) == [2, 8, 0, 4, 7, 1]
+    assert explain_cmd.study_indices(labels, labels, 3) == [0, 4, 7]  # no errors: one of each class
+    assert explain_cmd.study_indices([0, 0, 1], [1, 1, 0], 3) == [0, 1, 2]  # only errors: they fill the rest
+
+
+def test_study_report_names_true_and_predicted_classes(setup, tmp_path):
+    out = tmp_path / "study_mix"
+    assert _run(["--study", "-n", "6", "--checkpoint", str(setup["ckpt"]), "--out", str(out)]) == 0
+    shown = set(re.findall(r"digits val #(\d+) \(true: ([^,]+), (correct|predicted: [^)]+)\)",
+                           (out / "report.html").read_text()))
+    names = [(true, what) for _, true, what in shown]
+    assert len(shown) == 6
+    assert len({true for true, _ in names}) >= 3  # a mix of classes, not the first 6 images of one
+    assert any(what.startswith("predicted") for _, what in names)  # the random model's errors are shown

@@ -187,3 +187,88 @@ def test_missing_onnx_packages_say_what_to_install(tmp_path, monkeypatch):
         export_onnx(model, tmp_path / "m.onnx", img_size=size, in_chans=c)
     assert isinstance(info.value, OnnxUnavailable) and isinstance(info.value, RuntimeError)  # the CLI prints it
     assert not any(tmp_path.iterdir())
+
+
+# ---- the destination, the opset and the metadata ---------------------------------------------------------------
+def test_a_bad_destination_is_refused_before_any_work(tmp_path, monkeypatch):
+    import vitkit.infer
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded although the destination is refused")
+    monkeypatch.setattr(vitkit.infer, "load_model", no_load)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(OnnxError, match="is a folder; pass a file name such as .*model.onnx"):
+        cli_export("vit_pico_patch2_8", "--onnx", str(tmp_path / "exists"))
+    with pytest.raises(OnnxError, match="does not end in .onnx"):
+        cli_export("vit_pico_patch2_8", "--onnx", str(tmp_path / "m.pt"))
+    with pytest.raises(OnnxError, match="opset 99 does not exist: onnx .* knows opsets 1 to"):
+        cli_export("vit_pico_patch2_8", "--onnx", str(tmp_path / "m.onnx"), "--opset", "99")
+
+
+def test_the_opset_asked_for_is_written_or_refused(tmp_path):
+    model = vitkit.create_model("vit_pico_patch2_8", depth=1).eval()
+    path = export_onnx(model, tmp_path / "m20.onnx", img_size=8, in_chans=1, opset=20)
+    assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 20
+    with pytest.raises(OnnxError, match="cannot be written as ONNX opset 3: onnx's converter says .*Gelu.*--opset 18"):
+        export_onnx(model, tmp_path / "m3.onnx", img_size=8, in_chans=1, opset=3)
+    assert not (tmp_path / "m3.onnx").exists()
+
+
+def test_the_metadata_holds_no_local_path_and_must_fit_the_graph(tmp_path):
+    model, overrides, _, _ = tiny("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, num_classes=10)
+    ckpt = tmp_path / "private" / "tiny.safetensors"
+    ckpt.parent.mkdir()
+    save_checkpoint(ckpt, model=model, model_name="vit_tiny_patch16_224", overrides=overrides,
+                    data={"classes": CLASSES, "mean": [0.3], "std": [0.4], "img_size": [16, 16], "in_chans": 1,
+                          "source": str(tmp_path / "private" / "photos"), "seed": 0, "val_fraction": 0.2})
+    out = tmp_path / "tiny.onnx"
+    assert cli_export(str(ckpt), "--onnx", str(out), "--no-verify") == 0
+    text = {p.key: p.value for p in onnx.load(str(out)).metadata_props}["vitkit"]
+    assert "private" not in text and str(tmp_path) not in text and "checkpoint" not in json.loads(text)
+
+    for field, value, says in (("img_size", [32, 32], "it says height 32, the graph takes 16"),
+                               ("in_chans", 3, "it says channels 3, the graph takes 1"),
+                               ("classes", CLASSES[:3], "it names 3 classes, the graph gives 10 logits")):
+        edited = onnx.load(str(out))
+        meta = json.loads(text)
+        meta[field] = value
+        if field == "in_chans":
+            meta["mean"], meta["std"] = [0.5] * 3, [0.5] * 3
+        for p in edited.metadata_props:
+            if p.key == "vitkit":
+                p.value = json.dumps(meta)
+        onnx.save(edited, str(tmp_path / f"{field}.onnx"))
+        with pytest.raises(OnnxError, match=f"metadata does not fit its graph \\({says}"):
+            read_onnx_metadata(tmp_path / f"{field}.onnx")
+
+
+def test_eval_accepts_the_onnx_file_and_gives_the_checkpoints_figures(tmp_path, capsys):
+    model, overrides, _, _ = tiny("vit_tiny_patch16_224", img_size=8, patch_size=2, in_chans=1, num_classes=10)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=1.0)
+    ckpt = tmp_path / "digits.safetensors"
+    save_checkpoint(ckpt, model=model, model_name="vit_tiny_patch16_224", overrides=overrides,
+                    data={"classes": [str(i) for i in range(10)], "mean": [0.5], "std": [0.5], "img_size": [8, 8],
+                          "in_chans": 1, "source": "digits", "seed": 0, "val_fraction": 0.2})
+    assert cli_export(str(ckpt), "--onnx", str(tmp_path / "digits.onnx"), "--no-verify") == 0
+    capsys.readouterr()
+    results = []
+    for source in (ckpt, tmp_path / "digits.onnx"):
+        assert main(["eval", str(source), "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    a, b = results
+    assert a["images"] == b["images"] == 359 and a["confusion"] == b["confusion"]  # the same split, rebuilt
+    assert b["top1"] == pytest.approx(a["top1"]) and b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert main(["eval", str(tmp_path / "digits.onnx")]) == 0
+    assert "may be truncated or corrupt" not in capsys.readouterr().err
+
+
+def test_predict_refuses_nan_scores_from_an_onnx_file(tmp_path, capsys):
+    model = vitkit.create_model("vit_pico_patch2_8", depth=1).eval()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))  # the loaders refuse such weights; an exported file is not checked
+    path = export_onnx(model, tmp_path / "nan.onnx", img_size=8, in_chans=1)
+    image = str(export_images(load_embedded("digits"), tmp_path / "img", indices=[0])[0])
+    assert main(["predict", str(path), image]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot convert float NaN" not in err and "non-finite scores" in err

@@ -136,11 +136,12 @@ def dataclasses_replace(cfg, **kw):
 ])
 def test_a_teacher_that_does_not_fit_the_student_is_refused(tmp_path, data, message):
     torch.manual_seed(3)
-    model = vitkit.create_model("vit_pico_patch2_8", **TINY)
+    size = data.get("img_size", [8, 8])[0]  # a consistent file: a teacher really built for that size
+    model = vitkit.create_model("vit_pico_patch2_8", **TINY, img_size=size)
     record = {"classes": [str(i) for i in range(10)], "img_size": [8, 8], "in_chans": 1, "mean": [0.5],
               "std": [0.5], **data}
-    save_checkpoint(tmp_path / "t.safetensors", model=model, model_name="vit_pico_patch2_8", overrides=dict(TINY),
-                    data=record)
+    save_checkpoint(tmp_path / "t.safetensors", model=model, model_name="vit_pico_patch2_8",
+                    overrides={**TINY, "img_size": size}, data=record)
     with pytest.raises(ValueError, match=message):
         train(config(tmp_path, teacher=str(tmp_path / "t.safetensors")), log=lambda *_: None)
 

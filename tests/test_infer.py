@@ -58,3 +58,48 @@ def test_micro_batch_size_follows_the_budget_and_balances_the_split(tiny_vit):
 def test_micro_batch_size_off_the_cpu_keeps_the_batch(tiny_vit):
     model = create_model("vit_tiny_patch16_224", **tiny_vit)
     assert micro_batch_size(model, 32, 64, device="meta") == 64  # a GPU wants the whole batch; nothing is run
+
+
+# ---- classifying image files ------------------------------------------------------------------------------------
+class _NaNModel(torch.nn.Module):
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 3)
+        out[-1] = float("nan")  # the last image of each batch
+        return out
+
+
+def test_nan_probabilities_are_an_error_naming_the_image(tmp_path):
+    from vitkit.data import export_images, load_embedded
+    from vitkit.infer import iter_classify
+
+    paths = export_images(load_embedded("digits"), tmp_path, indices=[0, 1, 2])
+    record = {"img_size": [8, 8], "in_chans": 1, "mean": [0.5], "std": [0.5], "classes": ["a", "b", "c"]}
+    rows = iter_classify(_NaNModel(), record, paths, top_k=2, batch_size=2)
+    assert [t["label"] for t in next(rows)["top"]] == ["a", "b"]  # streamed: the first batch's good image comes out
+    with pytest.raises(FloatingPointError, match=rf"non-finite scores \(NaN or inf\) for {paths[1]}"):
+        list(rows)
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_amx_or_avx512_bf16(monkeypatch, capsys):
+    import vitkit.infer as infer
+
+    monkeypatch.setattr(infer, "cpu_flags", lambda: {"sse4_2", "avx2", "avx512f"})  # no bf16 units
+    assert infer.cpu_runs_bf16_fast() is False
+    assert infer.resolve_bf16(True) is False
+    assert "neither AMX nor AVX-512 BF16" in capsys.readouterr().err and infer.resolve_bf16(False) is False
+    for flags in ({"avx512f", "avx512_bf16"}, {"amx_bf16", "amx_tile"}):
+        monkeypatch.setattr(infer, "cpu_flags", lambda flags=flags: flags)
+        assert infer.resolve_bf16(True) is True and capsys.readouterr().err == ""
+    monkeypatch.setattr(infer, "cpu_flags", lambda: None)  # no /proc/cpuinfo: as asked
+    assert infer.cpu_runs_bf16_fast() is None and infer.resolve_bf16(True) is True
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    import os
+
+    from vitkit.infer import cpu_flags
+    flags = cpu_flags()
+    if not os.path.exists("/proc/cpuinfo"):
+        assert flags is None
+    else:
+        assert flags and all(isinstance(f, str) for f in flags)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.models import VisionTransformer
 from vitkit.data import export_images, load_embedded
 from vitkit.train import RunExistsError, TrainConfig, lr_factor, param_groups, train
 from vitkit.train import loop as train_loop
@@ -129,16 +130,16 @@ def test_a_kill_between_the_best_and_last_writes_leaves_best_right(tmp_path, mon
         assert torch.equal(a.state[k], b.state[k]), k
 
 
-class Diverges(torch.nn.Module):
-    """A model whose outputs turn NaN once `broken` is set: a run that diverges."""
+class Diverges(VisionTransformer):
+    """vit_pico_patch2_8 (so its checkpoints rebuild as that model) whose outputs turn NaN once `broken` is set:
+    a run that diverges."""
 
     def __init__(self):
-        super().__init__()
-        self.inner = vitkit.create_model("vit_pico_patch2_8", **TINY)
+        super().__init__(vitkit.model_config("vit_pico_patch2_8", **TINY))
         self.broken = False
 
     def forward(self, x):
-        out = self.inner(x)
+        out = super().forward(x)
         return out * float("nan") if self.broken else out
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .errors import VitkitError
 from .layers.patch_embed import to_2tuple
 from .models._common import eval_mode
 from .registry import get_entry
@@ -39,9 +40,12 @@ METADATA_KEY = "vitkit"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 _INSTALL = "pip install onnx onnxruntime onnxscript"
 _MAX_BYTES = 2_000_000_000  # protobuf's limit on one file, less a margin for the graph
+EXPORTER_OPSET = 18  # the opset torch.onnx's exporter (onnxscript's torchlib) writes natively with torch 2.13
+# What the metadata carries beyond the model name and input: what predict needs, and no local path.
+EXPORTED_FIELDS = ("classes", "mean", "std", "crop_pct")
 
 
-class OnnxError(ValueError):
+class OnnxError(VitkitError):
     """An ONNX file that cannot be written, read or trusted."""
 
 
@@ -72,16 +76,18 @@ def _device(model: nn.Module) -> torch.device:
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's noise (a warning per torchvision op when torchvision is absent, deprecation notes)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def default_metadata(model_name: str, in_chans: int, num_classes: int) -> dict:
@@ -96,18 +102,41 @@ def default_metadata(model_name: str, in_chans: int, num_classes: int) -> dict:
     return {"classes": [str(i) for i in range(num_classes)], "mean": list(mean), "std": list(std)}
 
 
+def check_destination(path: str | Path, opset: int | None = None) -> Path:
+    """Refuse, before any work, an output path `export_onnx` could not write or `vitkit predict` would not
+    recognise, and an opset outside what onnx knows."""
+    path = Path(path)
+    if path.is_dir():
+        raise OnnxError(f"{path} is a folder; pass a file name such as {path / 'model.onnx'}")
+    if path.suffix.lower() != ".onnx":
+        raise OnnxError(f"{path} does not end in .onnx; name it so (vitkit predict and eval tell an ONNX file by "
+                        f"that suffix)")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OnnxError(f"{parent} is a file, so {path} cannot be written below it; pass another path")
+    if opset is not None:
+        _require("onnx")
+        import onnx
+        newest = onnx.defs.onnx_opset_version()
+        if not isinstance(opset, int) or not 1 <= opset <= newest:
+            raise OnnxError(f"opset {opset} does not exist: onnx {onnx.__version__} knows opsets 1 to {newest}; "
+                            f"leave --opset out for the exporter's ({EXPORTER_OPSET})")
+    return path
+
+
 def export_onnx(model: nn.Module, path: str | Path, *, img_size: int | tuple[int, int], in_chans: int,
                 opset: int | None = None, dynamic_batch: bool = True, metadata: dict | None = None) -> Path:
     """Export `model` (in eval mode) to one ONNX file, written atomically; returns the path.
 
     Input 'images' (B, in_chans, H, W) float32, already normalised; output 'logits' (B, K). B is a
     dynamic axis unless dynamic_batch=False (then the graph takes batches of 1 only).
-    opset: the ONNX opset (default: the exporter's, 20 with torch 2.13).
-    metadata: fields for the 'vitkit' metadata record (classes, mean, std, source, ...); they
-        override the defaults of `default_metadata`. img_size, in_chans and the model name are set here.
+    opset: the ONNX opset (default: the exporter's, 18 with torch 2.13). One below 18 is converted down with
+        onnx's version converter, or refused with the reason (e.g. LayerNormalization has no form before 17).
+    metadata: fields for the 'vitkit' metadata record (classes, mean, std, ...); they override the defaults of
+        `default_metadata`. img_size, in_chans and the model name are set here.
     """
     _require("onnx", "onnxscript")
-    path = Path(path)
+    path = check_destination(path, opset)
     h, w = to_2tuple(img_size)
     n_bytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     if n_bytes > _MAX_BYTES:
@@ -125,13 +154,38 @@ def export_onnx(model: nn.Module, path: str | Path, *, img_size: int | tuple[int
             raise OnnxError(f"metadata has {len(record['classes'])} classes but {name} outputs {num_classes} "
                             f"logits; pass one class name per output")
         dynamic = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+        native = opset if opset is None or opset >= EXPORTER_OPSET else None  # lower ones: converted below
         with _quiet_exporter():  # under no_grad, as the fused attention decomposes only there (see above)
             program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], opset_version=opset, dynamo=True,
+                                        output_names=[OUTPUT_NAME], opset_version=native, dynamo=True,
                                         dynamic_shapes=dynamic, verbose=False)
     program.model.metadata_props[METADATA_KEY] = to_json(record)
-    atomic_write(path, lambda tmp: program.save(tmp, external_data=False))
+    proto = program.model_proto
+    if opset is not None and native is None:
+        proto = _convert_opset(proto, opset, name)
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:
+        raise OnnxError(f"asked for opset {opset} but the exporter wrote opset {written}; pass --opset {written}, "
+                        f"or leave --opset out")
+    import onnx
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
     return path
+
+
+def _convert_opset(proto, opset: int, name: str):
+    """The model converted down to `opset` by onnx's version converter, or an OnnxError with its reason."""
+    import onnx.version_converter
+    try:
+        converted = onnx.version_converter.convert_version(proto, opset)
+    except Exception as e:  # onnx raises RuntimeError / ConvertError with the operator it cannot convert
+        reason = " ".join(str(e).split(":")[-1].split()) or type(e).__name__
+        raise OnnxError(f"{name} cannot be written as ONNX opset {opset}: onnx's converter says {reason!r}; pass "
+                        f"--opset {EXPORTER_OPSET} or later (the exporter's own is {EXPORTER_OPSET}), or leave "
+                        f"--opset out") from None
+    for prop in proto.metadata_props:  # the converter keeps the graph; keep our record with it
+        if prop.key not in {p.key for p in converted.metadata_props}:
+            converted.metadata_props.add(key=prop.key, value=prop.value)
+    return converted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +221,11 @@ class OnnxClassifier:
             self.metadata = json.loads(props[METADATA_KEY])
         except json.JSONDecodeError as e:
             raise OnnxError(f"{self.path}: its vitkit metadata is not valid JSON ({e}); export it again") from e
+        problems = metadata_problems(self.metadata, self.session.get_inputs()[0].shape,
+                                     self.session.get_outputs()[0].shape)
+        if problems:
+            raise OnnxError(f"{self.path}: its vitkit metadata does not fit its graph ({'; '.join(problems)}); the "
+                            f"metadata was edited or belongs to another model: export it again with `vitkit export`")
         self.input_name = self.session.get_inputs()[0].name
 
     @property
@@ -176,8 +235,50 @@ class OnnxClassifier:
 
     def __call__(self, images: Tensor) -> Tensor:
         """images: (B, C, H, W), normalised → logits (B, K)."""
+        c, (h, w) = self.metadata["in_chans"], self.metadata["img_size"]
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, h, w):
+            raise OnnxError(f"{self.path} takes images shaped (B, {c}, {h}, {w}) but got {tuple(images.shape)}; "
+                            f"prepare them as `vitkit predict` does (its channels, resized and centre-cropped)")
         x = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+        try:
+            return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
+        except Exception as e:  # onnxruntime's own types (InvalidArgument, Fail, ...), none a Python built-in
+            raise OnnxError(f"onnxruntime could not run {self.path} on a batch shaped {tuple(images.shape)} "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); export it again with "
+                            f"`vitkit export`") from e
+
+
+def metadata_problems(meta: dict, input_shape: Sequence, output_shape: Sequence) -> list[str]:
+    """What in a vitkit metadata record disagrees with the graph's input (B, C, H, W) and output (B, K) shapes,
+    or is malformed; empty when it all fits. Symbolic dimensions (strings) are not compared."""
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    problems = []
+    c, size, classes = meta.get("in_chans"), meta.get("img_size"), meta.get("classes")
+    if not count(c):
+        problems.append(f"in_chans {c!r} is not a channel count")
+    if not (isinstance(size, list) and len(size) == 2 and all(count(v) for v in size)):
+        problems.append(f"img_size {size!r} is not [H, W]")
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if not (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)) or (count(c) and len(v) != c):
+            problems.append(f"{key} {v!r} is not one number per channel")
+    if not (isinstance(classes, list) and all(isinstance(n, str) for n in classes)):
+        problems.append(f"classes {str(classes)[:60]} is not a list of names")
+    if problems:
+        return problems
+    graph_in = list(input_shape)
+    if len(graph_in) != 4:
+        return [f"the graph's input has {len(graph_in)} dimensions, not (B, C, H, W)"]
+    for what, says, graph in (("channels", c, graph_in[1]), ("height", size[0], graph_in[2]),
+                              ("width", size[1], graph_in[3])):
+        if isinstance(graph, int) and graph != says:
+            problems.append(f"it says {what} {says}, the graph takes {graph}")
+    graph_out = list(output_shape)
+    if len(graph_out) == 2 and isinstance(graph_out[1], int) and graph_out[1] != len(classes):
+        problems.append(f"it names {len(classes)} classes, the graph gives {graph_out[1]} logits")
+    return problems
 
 
 def read_onnx_metadata(path: str | Path) -> dict:
@@ -217,5 +318,5 @@ def verify_onnx(model: nn.Module, path: str | Path, batch_sizes: Sequence[int] =
     return diffs
 
 
-__all__ = ["OnnxClassifier", "OnnxError", "OnnxUnavailable", "default_metadata",
-           "export_onnx", "read_onnx_metadata", "verify_onnx"]
+__all__ = ["EXPORTED_FIELDS", "EXPORTER_OPSET", "OnnxClassifier", "OnnxError", "OnnxUnavailable", "check_destination",
+           "default_metadata", "export_onnx", "metadata_problems", "read_onnx_metadata", "verify_onnx"]

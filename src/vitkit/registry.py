@@ -5,9 +5,12 @@ import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+from .layers.config_checks import check_config
+
+if TYPE_CHECKING:
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,7 +66,9 @@ def model_config(name: str, **overrides) -> Any:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"{name} has no option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(fields))}")
-    return dataclasses.replace(entry.config, **overrides)
+    cfg = dataclasses.replace(entry.config, **overrides)
+    check_config(name, cfg, entry.config)  # a ConfigError (ValueError) naming a value no model can be built with
+    return cfg
 
 
 def create_model(name: str, *, checkpoint: str | None = None, **overrides) -> nn.Module:

@@ -1,8 +1,6 @@
 """`vitkit data`: the embedded data sets, and exporting them as image folders."""
 from __future__ import annotations
 
-from ..data import EMBEDDED, export_images, load_embedded, split
-
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="list the embedded data sets or export one as image files",
@@ -20,6 +18,8 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
+    from ..data import EMBEDDED, export_images, load_embedded, split
+
     if args.action == "list":
         for name, text in EMBEDDED.items():
             print(f"{name:8} {text}")

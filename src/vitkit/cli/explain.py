@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..infer import load_images, load_model
+from ..infer import image_paths, load_images, load_model
 from ..train import eval_transform, validation_set
 
 
@@ -16,9 +16,13 @@ def add_parser(sub, name):
                                    "distance against depth, the position-embedding similarity and the patch-embedding "
                                    "filters as PNGs, and one self-contained report.html (open it in a browser; "
                                    "report.html#layer=3&head=mean opens it at layer 3).")
-    p.add_argument("images", nargs="*", help="image files (png, jpg, ...); not with --study")
+    p.add_argument("images", nargs="*", help="image files (png, jpg, ...), folders of them or globs; not with "
+                                             "--study")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a vitkit checkpoint, e.g. runs/demo/best.safetensors")
+    src.add_argument("--checkpoint", help="a vitkit checkpoint (e.g. runs/demo/best.safetensors), or any file or "
+                                          "folder vitkit.load_pretrained reads (a Hugging Face folder, a JAX .npz, "
+                                          "a timm or torchvision state dict with --name)")
+    p.add_argument("--name", help="architecture name, for a plain timm/torchvision state dict")
     src.add_argument("--model", help="a registered model name with RANDOM weights (the maps then mean nothing)")
     p.add_argument("--out", default="runs/explain", help="output folder (default: runs/explain)")
     p.add_argument("--layers", type=int, nargs="+", help="attention-layer indices for the overlays (default: all; "
@@ -30,17 +34,54 @@ def add_parser(sub, name):
     p.add_argument("--overlay-size", type=int, default=224, help="pixel size of the report's overlays (default: 224)")
 
 
-def _study_images(record: dict, n: int) -> tuple[torch.Tensor, list[str]]:
-    """The first n validation images of the checkpoint's training run, as `vitkit train` held them out."""
+STUDY_SCAN = 512  # validation images the model classifies to find its errors and a mix of classes
+
+
+def study_indices(labels: list[int], preds: list[int], n: int) -> list[int]:
+    """n validation indices for a study: the model's errors first, as many as half of n, then correct images,
+    each part taken round-robin over the true classes so that the classes are mixed. Order is by index within a
+    class, so the choice is the same on every run."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+
+    def round_robin(pick, limit: int) -> list[int]:
+        queues = [[i for i in by_class[c] if pick(i)] for c in sorted(by_class)]
+        out: list[int] = []
+        while len(out) < limit and any(queues):
+            for q in queues:
+                if q and len(out) < limit:
+                    out.append(q.pop(0))
+        return out
+
+    wrong = round_robin(lambda i: preds[i] != labels[i], max(1, n // 2) if n > 1 else n)
+    right = round_robin(lambda i: preds[i] == labels[i] and i not in wrong, n - len(wrong))
+    chosen = wrong + right
+    if len(chosen) < n:  # too few correct ones: more errors
+        chosen += round_robin(lambda i: i not in chosen, n - len(chosen))
+    return chosen
+
+
+def _study_images(model, record: dict, n: int) -> tuple[torch.Tensor, list[str]]:
+    """n validation images of the checkpoint's training run (as `vitkit train` held them out), chosen by
+    `study_indices` among the first STUDY_SCAN (spread over the classes) after the model has classified them."""
+    from ..data import dataset_labels
+    from ..infer import predict_logits
+
     val = validation_set(record)
-    view = eval_transform(record, normalise=False)
+    labels = dataset_labels(val).tolist()
+    scan = study_indices(labels, labels, min(len(labels), STUDY_SCAN))  # a class mix to classify
+    normalised, view = eval_transform(record), eval_transform(record, normalise=False)
+    raw = [val[i][0] for i in scan]
+    preds = predict_logits(model, torch.stack([normalised(img) for img in raw]), 64).argmax(1).tolist()
+    picked = study_indices([labels[i] for i in scan], preds, min(n, len(scan)))
     classes = record.get("classes") or []
-    images, names = [], []
-    for i in range(min(n, len(val))):
-        image, label = val[i]
-        images.append(view(image))
-        true = classes[int(label)] if int(label) < len(classes) else str(int(label))
-        names.append(f"{record['source']} val #{i} (true: {true})")
+
+    def name(label: int) -> str:
+        return classes[label] if label < len(classes) else str(label)
+    images = [view(raw[j]) for j in picked]
+    names = [f"{record['source']} val #{scan[j]} (true: {name(labels[scan[j]])}"
+             + (f", predicted: {name(preds[j])})" if preds[j] != labels[scan[j]] else ", correct)") for j in picked]
     return torch.stack(images), names
 
 
@@ -53,12 +94,13 @@ def run(args) -> int:
         raise ValueError("--study picks validation images itself; drop the IMAGE arguments or --study")
     if not args.study and not args.images:
         raise ValueError("no images: pass IMAGE files, or --study with a checkpoint from `vitkit train`")
-    loaded = load_model(args.checkpoint or args.model)
+    paths = None if args.study else image_paths(args.images)  # checked before the model is loaded
+    loaded = load_model(args.checkpoint or args.model, name=args.name)
     model, data = loaded.model, loaded.record
     if args.study:
-        images, names = _study_images(data, args.num_images)
+        images, names = _study_images(model, data, args.num_images)
     else:
-        images, names = load_images(args.images, data, normalise=False), list(args.images)
+        images, names = load_images(paths, data, normalise=False), [str(p) for p in paths]
     source = args.checkpoint or f"{args.model} (random weights)"
     report = explain(model, images, names, classes=data.get("classes"), mean=data.get("mean"), std=data.get("std"),
                      layers=args.layers, top_k=args.top_k, overlay_size=args.overlay_size, out_dir=args.out,

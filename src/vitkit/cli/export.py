@@ -1,33 +1,48 @@
 """`vitkit export`: a checkpoint (or a registered model, randomly initialised) → one ONNX file, verified."""
 from __future__ import annotations
 
+import sys
 import time
 
-from ..export import export_onnx, verify_onnx
-from ..infer import load_model
+SPLIT_FIELDS = ("source", "seed", "val_fraction", "class_filter")
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="export a checkpoint to ONNX, checked against PyTorch with onnxruntime",
                        description="Write one .onnx file with a dynamic batch axis (input 'images' (B, C, H, W), "
-                                   "normalised; output 'logits'). It carries the classes, mean/std and input size, "
-                                   "so `vitkit predict model.onnx IMAGE` needs nothing else. Needs "
+                                   "normalised; output 'logits'). It carries the classes, mean/std and input size "
+                                   "(no local path), so `vitkit predict model.onnx IMAGE` needs nothing else. Needs "
                                    "`pip install onnx onnxruntime onnxscript`.")
     p.add_argument("source", metavar="CHECKPOINT_OR_NAME",
-                   help="a vitkit checkpoint (e.g. runs/demo/best.safetensors), or a registered model name "
-                        "(random weights: for trying the pipeline only)")
+                   help="a vitkit checkpoint (e.g. runs/demo/best.safetensors), any file or folder "
+                        "vitkit.load_pretrained reads (a Hugging Face folder, a JAX .npz, a timm or torchvision "
+                        "state dict with --name), or a registered model name (random weights: for trying the "
+                        "pipeline only)")
     p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
-    p.add_argument("--img-size", type=int, help="input size for a model name (default: the model's); a "
-                                                "checkpoint is exported at the size it was trained at")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--name", help="architecture name, for a plain timm/torchvision state dict")
+    p.add_argument("--img-size", type=int, help="input size (default: the model's); a vitkit checkpoint is "
+                                                "exported at the size it was trained at")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18); lower ones are converted "
+                                             "down where onnx can, or refused with the reason")
     p.add_argument("--no-verify", action="store_true",
                    help="skip running the file in onnxruntime against PyTorch at batch 1 and 5")
 
 
 def run(args) -> int:
-    src = load_model(args.source, args.img_size, warn=False)
+    from ..data import EMBEDDED
+    from ..export import EXPORTED_FIELDS, check_destination, export_onnx, verify_onnx
+    from ..infer import load_model
+
+    check_destination(args.onnx, args.opset)  # before the model is loaded and the export's seconds are spent
+    src = load_model(args.source, args.img_size, name=args.name, warn=False)
+    for note in src.notes:
+        print(f"vitkit export: note: {note}", file=sys.stderr)
     (h, w), c = src.record["img_size"], src.record["in_chans"]
-    metadata = {} if src.random_weights else dict(src.record, checkpoint=str(args.source))
+    metadata = {} if src.random_weights else {k: src.record[k] for k in EXPORTED_FIELDS
+                                              if src.record.get(k) is not None}
+    if not src.random_weights and src.record.get("source") in EMBEDDED and not src.record.get("val_data"):
+        # trained on a built-in set: the split, so that `vitkit eval model.onnx` rebuilds it (no path involved)
+        metadata.update({k: src.record[k] for k in SPLIT_FIELDS if k in src.record})
     print(f"exporting {src.origin}")
     start = time.perf_counter()
     path = export_onnx(src.model, args.onnx, img_size=(h, w), in_chans=c, opset=args.opset, metadata=metadata)

@@ -21,13 +21,14 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from ..errors import VitkitError
 from ..layers.patch_embed import to_2tuple
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _MAX_LISTED = 10  # how many bad files an error names before it just counts the rest
 
 
-class DataError(ValueError):
+class DataError(VitkitError):
     """A data set that cannot be read as asked: a missing folder, no images, a corrupt file, ..."""
 
 

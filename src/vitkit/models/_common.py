@@ -1,5 +1,6 @@
 """Pieces of the common face that several token-model families share: the pooling choice, the pooling
-itself, and the fresh head reset_classifier puts on. (Not a family: models/__init__ skips modules named _*.)"""
+itself, the fresh head reset_classifier puts on, and the formats forward_intermediates returns. (Not a family:
+models/__init__ skips modules named _*.)"""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -39,3 +40,28 @@ def new_head(in_features: int, num_classes: int) -> nn.Module:
     nn.init.trunc_normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
     return head
+
+
+# forward_intermediates(output_fmt=...) of the token models (ViT, DeiT, hybrids, BEiT, CaiT):
+#   "tokens"  vitkit's default: every token after the block, prefix tokens first, (B, prefix + Hp·Wp, D)
+#   "NCHW"    timm's default: the patch tokens alone, laid out as maps, (B, D, Hp, Wp)
+#   "NLC"     timm's other format: the patch tokens alone, (B, Hp·Wp, D)
+INTERMEDIATE_FORMATS = ("tokens", "NCHW", "NLC")
+
+
+def check_intermediate_format(output_fmt: str) -> None:
+    if output_fmt not in INTERMEDIATE_FORMATS:
+        raise ValueError(f"output_fmt must be one of {', '.join(map(repr, INTERMEDIATE_FORMATS))}, got "
+                         f"{output_fmt!r}; 'NCHW' and 'NLC' are timm's (patch tokens only)")
+
+
+def format_intermediates(taken: list[Tensor], output_fmt: str, num_prefix_tokens: int,
+                         grid: tuple[int, int]) -> list[Tensor]:
+    """Per-block tokens (B, prefix + Hp·Wp, D) → the format asked for (see INTERMEDIATE_FORMATS)."""
+    if output_fmt == "tokens":
+        return taken
+    patches = [t[:, num_prefix_tokens:] for t in taken]  # (B, Hp·Wp, D)
+    if output_fmt == "NLC":
+        return patches
+    Hp, Wp = grid
+    return [t.reshape(t.shape[0], Hp, Wp, -1).permute(0, 3, 1, 2).contiguous() for t in patches]  # (B, D, Hp, Wp)

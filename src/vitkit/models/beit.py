@@ -29,7 +29,7 @@ from ..layers.mlp import Mlp
 from ..layers.patch_embed import ImageSizeError, PatchEmbed
 from ..layers.rel_pos import RelativePositionBias, add_relative_position_bias, gather_bias
 from ..registry import ModelEntry, register
-from ._common import check_global_pool, pool_tokens
+from ._common import check_global_pool, check_intermediate_format, format_intermediates, pool_tokens
 
 
 @dataclass(frozen=True)
@@ -214,18 +214,23 @@ class Beit(nn.Module):
         return self.rel_pos_bias() if self.rel_pos_bias is not None else None
 
     # ---- the common face ------------------------------------------------------------------------------------
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:
-        """x: (B, C, H, W) → (final tokens (B, N, D) after `norm`, [tokens (B, N, D) after each chosen block]).
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, *, norm: bool = False,
+                              output_fmt: str = "tokens") -> tuple[Tensor, list[Tensor]]:
+        """x: (B, C, H, W) → (final tokens (B, N, D) after `norm`, [the output of each chosen block]).
 
-        indices: block indices to return (negative counts from the end); all blocks by default.
+        indices: block indices to return (negative counts from the end), or k for the last k; all by default.
+        norm: apply the final norm to each intermediate too (as timm's norm=True).
+        output_fmt: "tokens" (vitkit's, every token), or timm's "NCHW" (patch maps (B, D, Hp, Wp), timm's
+            default: pass it to run code written for timm) or "NLC" (patch tokens (B, Hp·Wp, D)).
         """
+        check_intermediate_format(output_fmt)
         wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
         x, shared, taken = self._embed(x), self._shared_bias(), []
         for i, block in enumerate(self.blocks):
             x = block(x, shared)
             if i in wanted:
-                taken.append(x)
-        return self.norm(x), taken
+                taken.append(self.norm(x) if norm else x)
+        return self.norm(x), format_intermediates(taken, output_fmt, 1, self.patch_embed.grid_size)  # 1: [CLS]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) → tokens (B, N, D) after `norm` (identity when fc_norm is used instead)."""

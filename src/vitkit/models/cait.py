@@ -25,7 +25,7 @@ from ..layers import DropPath, LayerNorm6, Mlp, PatchEmbed, attend, layer_scale,
 from ..layers.attention import AttentionBase
 from ..layers.checks import take_indices
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, register
-from ._common import check_global_pool, new_head, pool_tokens
+from ._common import check_global_pool, check_intermediate_format, format_intermediates, new_head, pool_tokens
 
 
 def _mix_heads(linear: nn.Linear, scores: Tensor) -> Tensor:
@@ -214,21 +214,27 @@ class Cait(nn.Module):
             cls = block(x, cls)
         return torch.cat([cls, x], dim=1)
 
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, *, norm: bool = False,
+                              output_fmt: str = "tokens") -> tuple[Tensor, list[Tensor]]:
         """x: (B, C, H, W) → (final normed tokens (B, 1 + N, D), [patch tokens (B, N, D) after each chosen
         self-attention block]). The intermediates are outputs of `blocks`: there is no [CLS] yet at that stage,
         and the class-attention blocks (which update only [CLS]) are not among them.
 
-        indices: block indices to return (negative counts from the end); all blocks by default.
+        indices: block indices to return (negative counts from the end), or k for the last k; all by default.
+        norm: apply the final norm to each intermediate too (as timm's norm=True).
+        output_fmt: "tokens" (vitkit's, every token), or timm's "NCHW" (patch maps (B, D, Hp, Wp), timm's
+            default: pass it to run code written for timm) or "NLC" (patch tokens (B, Hp·Wp, D)).
         """
+        check_intermediate_format(output_fmt)
         wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
         x = self._embed(x)
         taken = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i in wanted:
-                taken.append(x)
-        return self.norm(self._class_attention(x)), taken
+                taken.append(self.norm(x) if norm else x)
+        final = self.norm(self._class_attention(x))
+        return final, format_intermediates(taken, output_fmt, 0, self.patch_embed.grid_size)  # no prefix yet
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) → tokens (B, 1 + N, D), [CLS] first, final LayerNorm applied."""

@@ -149,7 +149,7 @@ class ConvNeXt(nn.Module):
         indices: stage indices to return (negative counts from the end); all stages by default.
         """
         wanted = take_indices(len(self.stages), indices)
-        check_image(x, self.in_chans, self.min_img_size)
+        check_image(x, self.in_chans, self.min_img_size, like=self)
         x = self.stem(x)
         taken = []
         for i, stage in enumerate(self.stages):
@@ -160,7 +160,7 @@ class ConvNeXt(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) → the last stage's map (B, d_last, H/32, W/32)."""
-        check_image(x, self.in_chans, self.min_img_size)
+        check_image(x, self.in_chans, self.min_img_size, like=self)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:

@@ -406,7 +406,7 @@ class MaxxVit(nn.Module):
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
     def check_input(self, x: Tensor) -> None:
-        check_image(x, self.cfg.in_chans)
+        check_image(x, self.cfg.in_chans, like=self)
         h, w = x.shape[-2:]
         problem = size_problem(self.cfg, h, w)
         if problem:

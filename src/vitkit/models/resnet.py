@@ -166,7 +166,7 @@ class ResNet(nn.Module):
     # ---- the common face ------------------------------------------------------------------------
     def _stem(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) → (B, stem_width, H/2, W/2), before the max-pool."""
-        check_image(x, self.in_chans)
+        check_image(x, self.in_chans, like=self)
         return self.act1(self.bn1(self.conv1(x)))
 
     def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, sincos_2d
 from ..layers.checks import take_indices
 from ..registry import ModelEntry, register
-from ._common import check_global_pool, new_head, pool_tokens
+from ._common import check_global_pool, check_intermediate_format, format_intermediates, new_head, pool_tokens
 
 
 GELUS = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh")}
@@ -55,6 +55,8 @@ class ViTConfig:
     drop_path_rate: float = 0.0             # stochastic depth, rising linearly to this at the last block
     dynamic_img_size: bool = False          # accept any image size; position embeddings resampled on the fly
     dynamic_img_pad: bool = False           # pad images up to a multiple of P instead of refusing them
+    mask_token: bool = False                # a learned token that prepare_tokens(mask=...) puts in place of
+                                            # hidden patches (masked image modelling: SimMIM, BEiT)
 
 
 class VisionTransformer(nn.Module):
@@ -84,6 +86,7 @@ class VisionTransformer(nn.Module):
         else:
             raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {cfg.pos_embed!r}")
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
 
         norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
         if cfg.act not in GELUS:
@@ -132,6 +135,8 @@ class VisionTransformer(nn.Module):
         normal, std 0.02, zero bias. LayerNorms: unit gain, zero bias (PyTorch's default)."""
         if self.pos_embed is not None and self.pos_embed.requires_grad:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.mask_token is not None:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
@@ -147,7 +152,7 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the optimiser should not decay (besides norms and biases)."""
-        return {"pos_embed", "cls_token", "reg_token"}
+        return {"pos_embed", "cls_token", "reg_token"} | ({"mask_token"} if self.mask_token is not None else set())
 
     # ---- tokens -------------------------------------------------------------------------------
     def _prefix_tokens(self, batch: int) -> list[Tensor]:
@@ -165,24 +170,58 @@ class VisionTransformer(nn.Module):
             x = x + pos
         return self.pos_drop(x)
 
-    # ---- the common face ------------------------------------------------------------------------
-    def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> tuple[Tensor, list[Tensor]]:
-        """x: (B, C, H, W) → (final normed tokens (B, N, D), [tokens (B, N, D) after each chosen block]).
+    def prepare_tokens(self, x: Tensor, mask: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) → the tokens the blocks take, (B, prefix + N, D), position embeddings added.
 
-        indices: block indices to return (negative counts from the end); all blocks by default.
+        mask: (B, N) bool, True where a patch is hidden: its embedding is replaced by the learned mask token
+            before the position embedding is added (masked image modelling; needs mask_token=True).
+        keep: (B, K) indices of the patches to keep, in the order given: only those K patch tokens follow the
+            prefix tokens (MAE's encoder sees the kept 25%).
         """
+        patches = self.patch_embed(x)  # (B, Hp, Wp, D)
+        B, Hp, Wp, D = patches.shape
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("this model has no mask token; build it with mask_token=True to pass a mask")
+            if mask.shape != (B, Hp * Wp):
+                raise ValueError(f"mask must be (batch, patches) = ({B}, {Hp * Wp}), got {tuple(mask.shape)}")
+            hidden = mask.reshape(B, Hp, Wp, 1).to(patches.dtype)
+            patches = patches * (1 - hidden) + self.mask_token.reshape(1, 1, 1, D) * hidden
+        tokens = self._pos_embed(patches)
+        if keep is None:
+            return tokens
+        p = self.num_prefix_tokens
+        kept = torch.gather(tokens[:, p:], 1, keep[..., None].expand(-1, -1, D))
+        return torch.cat([tokens[:, :p], kept], dim=1)
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """tokens (B, N, D) from prepare_tokens → the blocks, then the final LayerNorm."""
+        return self.norm(self.blocks(tokens))
+
+    # ---- the common face ------------------------------------------------------------------------
+    def forward_intermediates(self, x: Tensor, indices: int | list[int] | None = None, *, norm: bool = False,
+                              output_fmt: str = "tokens") -> tuple[Tensor, list[Tensor]]:
+        """x: (B, C, H, W) → (final normed tokens (B, N, D), [the output of each chosen block]).
+
+        indices: block indices to return (negative counts from the end), or k for the last k; all by default.
+        norm: apply the final norm to each intermediate too (as timm's norm=True).
+        output_fmt: "tokens" (vitkit's, every token), or timm's "NCHW" (patch maps (B, D, Hp, Wp), timm's
+            default: pass it to run code written for timm) or "NLC" (patch tokens (B, Hp·Wp, D)).
+        """
+        check_intermediate_format(output_fmt)
         wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
-        x = self._pos_embed(self.patch_embed(x))
+        patches = self.patch_embed(x)  # (B, Hp, Wp, D)
+        x = self._pos_embed(patches)
         taken = []
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i in wanted:
-                taken.append(x)
-        return self.norm(x), taken
+                taken.append(self.norm(x) if norm else x)
+        return self.norm(x), format_intermediates(taken, output_fmt, self.num_prefix_tokens, patches.shape[1:3])
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """x: (B, C, H, W) → tokens (B, N, D), final LayerNorm applied."""
-        return self._encode(x)
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) → tokens (B, N, D), final LayerNorm applied. mask: as prepare_tokens takes it."""
+        return self._encode(x) if mask is None else self.encode(self.prepare_tokens(x, mask))
 
     def _encode(self, x: Tensor, n_out: int | None = None) -> Tensor:
         """x: (B, C, H, W) → normed tokens (B, N, D), or (B, n_out, D) when the last block computes only the

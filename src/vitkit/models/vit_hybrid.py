@@ -59,7 +59,7 @@ class HybridEmbed(nn.Module):
         return h // ph, w // pw
 
     def forward(self, x: Tensor) -> Tensor:
-        check_image(x, self.in_chans)
+        check_image(x, self.in_chans, like=self)
         if not self.dynamic:
             check_built_size(*x.shape[-2:], self.img_size)
         x = self.backbone(x)  # (B, C_r, h, w)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 @dataclass
 class TrainConfig:
-    objective: str | None = None         # 'classify' or 'distill' (default: distill when --teacher is given)
+    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino'
     model: str | None = None             # registered model name (default: the --init file's, else one that fits the data)
     init: str | None = None              # start from this checkpoint: vitkit, timm, Hugging Face folder, torchvision, JAX npz
     data: str = "digits"                 # embedded set ('digits', 'mnist'), an image folder, or a folder with train/ and val/
@@ -32,6 +32,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.01           # cosine decays to lr · min_lr_ratio
     warmup_epochs: float = 3.0           # linear warm-up from 0 to lr
     weight_decay: float = 0.05           # decoupled weight decay; never on norms, biases, position embeddings or tokens
+    weight_decay_end: float | None = None  # a cosine from weight_decay to this over the run (DINO: 0.04 → 0.4); None: constant
     layer_decay: float | None = None     # layer-wise lr decay: block i of L gets lr · decay^(L - i), e.g. 0.65
     freeze: str | None = None            # 'backbone': train the classifier head only (a linear probe)
     label_smoothing: float | None = None  # cross-entropy label smoothing (default: 0.1)
@@ -80,7 +81,7 @@ class TrainConfig:
 # Fields that say how a run executes, not what it computes: they may differ when a run is resumed.
 RUNTIME_FIELDS = {"device", "threads", "progress", "num_workers", "runs_dir", "tensorboard", "epochs", "fsdp"}
 
-CHOICES = {"objective": (None, "classify", "distill"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
+CHOICES = {"objective": (None, "classify", "distill", "mae", "dino"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
            "train_crop": (None, "shift", "rrc", "none"), "distill": ("soft", "hard"), "recipe": (None, "deit")}
 
 # The augmentation a data source gets for every field the user and the recipe leave unset.
@@ -98,11 +99,15 @@ def default_model(data: str) -> str:
     return {"digits": "vit_pico_patch2_8", "mnist": "vit_pico_patch4_28"}.get(data, "vit_tiny_patch16_224")
 
 
+def objective_name(cfg: TrainConfig) -> str:
+    return cfg.objective or ("distill" if cfg.teacher else "classify")
+
+
 def resolve(cfg: TrainConfig, *, embedded: bool, init_model: str | None = None) -> TrainConfig:
     """Every None field filled in: from the recipe, then the data source's defaults. Validates first."""
     validate(cfg)
     values: dict = {}
-    values["objective"] = cfg.objective or ("distill" if cfg.teacher else "classify")
+    values["objective"] = objective_name(cfg)
     values["model"] = cfg.model or init_model or default_model(cfg.data)
     values["lr"] = cfg.lr if cfg.lr is not None else (5e-4 if cfg.init else 2e-3)
     recipe = RECIPES.get(cfg.recipe or "", {})
@@ -127,7 +132,7 @@ def validate(cfg: TrainConfig) -> None:
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             bad(name, getattr(cfg, name), "one of " + ", ".join(repr(a) for a in allowed if a is not None))
-    for name in ("lr", "weight_decay", "clip_grad", "ema", "label_smoothing", "mixup", "cutmix", "rand_magnitude"):
+    for name in ("lr", "weight_decay", "weight_decay_end", "clip_grad", "ema", "label_smoothing", "mixup", "cutmix", "rand_magnitude"):
         value = getattr(cfg, name)
         if value is not None and not value >= 0:  # `not >=` also catches NaN
             bad(name, value, "≥ 0")

@@ -34,12 +34,12 @@ from ..data import EMBEDDED
 from ..data.augment import rng, rng_seed
 from ..weights import load_checkpoint, save_checkpoint
 from ..weights.pretrained import read_any
-from .config import TrainConfig, resolve
+from .config import TrainConfig, objective_name, resolve
 from .dist import Processes, resolve_device
 from .ema import WeightEma
 from .metrics import append_metrics, plot_metrics, read_metrics, write_metrics
 from .objective import Objective, get_objective
-from .optim import freeze_backbone, lr_factor, make_optimizer, set_lr
+from .optim import cosine, freeze_backbone, lr_factor, make_optimizer, set_lr, set_weight_decay
 from .plan import EpochPlan, EvalShards
 from .shard import spread
 from .state import clear_run, remove_orphans, resume_config
@@ -62,11 +62,12 @@ class RunResult:
 # ---- one optimiser step: shared with `vitkit bench` ---------------------------------------------------
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, micro_batches: list,
                    keys: list[tuple] | None = None, *, clip_grad: float | None = None,
-                   autocast=nullcontext) -> tuple[float, dict[str, float]]:
+                   autocast=nullcontext, before_update: Callable[[], None] | None = None) -> tuple[float, dict[str, float]]:
     """One step over a list of micro-batches: for each, the global RNG (dropout, drop path) is seeded from its
     key, loss_fn(model, batch, generator) runs under `autocast`, and loss / len(micro_batches) is back-propagated
     (under DDP or FSDP, gradients are exchanged on the last micro-batch only). Then the gradients are clipped to
-    `clip_grad` and checked: a non-finite norm raises FloatingPointError before the weights change.
+    `clip_grad` and checked: a non-finite norm raises FloatingPointError before the weights change;
+    `before_update` runs last, just before the optimiser applies the gradients.
     Returns (mean loss, mean of the extra figures)."""
     keys = keys or [(i,) for i in range(len(micro_batches))]
     total, extra = 0.0, {}
@@ -86,6 +87,8 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callab
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         raise FloatingPointError(f"the gradients became {norm.item()} (loss {total:.4g})")
+    if before_update is not None:
+        before_update()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return total, extra
@@ -141,6 +144,8 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, resume: bool = Fa
         raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start it "
                              f"again, or --name to choose another folder")
     init = read_any(cfg.init, cfg.model) if cfg.init else None  # on resume too: it fixes the architecture
+    if init is not None:
+        init = get_objective(objective_name(cfg)).adapt_init(init)
     cfg = resolve(cfg, embedded=cfg.data in EMBEDDED, init_model=init.model_name if init else None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -184,7 +189,8 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16,  # noqa: E731
                                       enabled=cfg.amp and device.type == "cuda")
 
-    start_epoch, step, best, best_epoch = 0, 0, float("-inf"), 0
+    sign = 1.0 if objective.higher_is_better else -1.0
+    start_epoch, step, best, best_epoch = 0, 0, -sign * float("inf"), 0
     if ckpt is not None:
         weights.load_state(model, ckpt.state)
         weights.load_optimizer(model, opt, ckpt.train_tensors, ckpt.train["optim_groups"])
@@ -219,14 +225,19 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
             data_s += time.perf_counter() - waited  # the loop stood waiting for the loader
             lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio)
             set_lr(opt, lr)
+            if cfg.weight_decay_end is not None:
+                set_weight_decay(opt, cosine(step, total_steps, cfg.weight_decay, cfg.weight_decay_end))
+            objective.begin_step(step, total_steps, plan.steps)
             keys = [plan.micro_key(i, j) for j in plan.local_indices(i)]
             try:
                 loss, extra = optimizer_step(net, opt, objective.loss, [_to(b, device) for b in micro_batches],
-                                             keys, clip_grad=cfg.clip_grad, autocast=autocast)
+                                             keys, clip_grad=cfg.clip_grad, autocast=autocast,
+                                             before_update=lambda: objective.before_update(model))
             except FloatingPointError as e:
                 raise FloatingPointError(f"{e} at epoch {epoch + 1}, step {step}; nothing of this epoch was saved, "
                                          f"so {paths['last'].name} still holds epoch {epoch}. Lower --lr (now "
                                          f"{cfg.lr}) or keep --clip-grad on") from None
+            objective.end_step(model, procs)
             if ema is not None:
                 ema.update(model)
             step += 1
@@ -249,7 +260,7 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
                "epoch_s": round(time.time() - t0, 3), "train_s": round(train_s, 3), "data_s": round(data_s, 3),
                "elapsed_s": round(time.time() - started, 3)}
         score = figures[objective.score]
-        improved = score > best
+        improved = sign * score > sign * best
         if improved:
             best, best_epoch = score, epoch + 1
         state = weights.full_state(model)  # full tensors (gathered under FSDP: every process takes part)
@@ -289,6 +300,8 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
     rows = read_metrics(metrics_path) if main else []
     if main and rows and not (run_dir / "metrics.png").exists():
         plot_metrics(rows, run_dir / "metrics.png")
+    if main:
+        objective.finish(model, run_dir)
     say(f"best {objective.score} {best:.4f} (epoch {best_epoch}); run saved in {run_dir}")
     return RunResult(run_dir, best, rows, model)
 

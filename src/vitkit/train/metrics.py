@@ -55,6 +55,12 @@ def append_metrics(path: str | Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+LABELS = {"val_acc": "top-1", "ema_val_acc": "top-1, EMA weights", "val_top5": "top-5", "ema_val_top5": "top-5, EMA",
+          "val_mse": "masked-patch MSE", "val_mse_patch_mean": "guess: each patch's own mean",
+          "val_mse_mean_image": "guess: the mean training image",
+          "ema_val_mse": "masked-patch MSE, EMA weights"}
+
+
 def plot_metrics(rows: list[dict], out: str | Path) -> Path:
     """Loss (train and val), the validation figures and the learning rate against epoch, as a PNG."""
     import matplotlib
@@ -68,11 +74,15 @@ def plot_metrics(rows: list[dict], out: str | Path) -> Path:
         ax1.plot(epochs, [r.get("val_loss") for r in rows], label="val")
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax1.legend()
-    for key, label in (("val_acc", "top-1"), ("ema_val_acc", "top-1, EMA weights"), ("val_top5", "top-5")):
-        if key in rows[-1]:
-            ax2.plot(epochs, [r.get(key) for r in rows], label=label)
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="validation", ylim=(0, 1))
-    ax2.legend(loc="lower right")
+    figures = [k for k in rows[-1] if k.startswith(("val_", "ema_val_")) and not k.endswith("_loss")]
+    for key in figures:  # the objective's own: accuracies for classification, the MSE and its baseline for MAE
+        ax2.plot(epochs, [r.get(key) for r in rows], label=LABELS.get(key, key))
+    accuracies = all(k.endswith(("_acc", "_top5")) for k in figures)
+    ax2.set(xlabel="epoch", ylabel="accuracy" if accuracies else "", title="validation")
+    if accuracies:
+        ax2.set_ylim(0, 1)
+    if figures:
+        ax2.legend(loc="lower right" if accuracies else "best", fontsize=8)
     ax3.plot(epochs, [r["lr"] for r in rows], color="tab:purple")
     ax3.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
     ax3.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))

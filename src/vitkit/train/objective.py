@@ -9,9 +9,12 @@ logs, plots and progress. An objective owns the rest:
     loss(model, batch, gen)  the loss of one micro-batch, with extra figures to log; `gen` is the
                              micro-batch's own generator, for draws such as mixup
     evaluate(model, loader, procs)   figures over this process's share of val_set, summed over processes
-    score                    which of those figures picks best.safetensors (higher is better)
+    score                    which of those figures picks best.safetensors (higher_is_better says which way)
     record                   what is saved beside the weights (classes, normalisation, crop rule, ...)
     state_tensors / load_state_tensors   anything else to carry across a resume
+    begin_step / before_update / end_step   per-step hooks: before the micro-batches (schedules), between the
+                             gradients and the update (freezing), after the update (a teacher's EMA)
+    finish(model, run_dir)   figures of its own, written by rank 0 after the last epoch
 
 A new objective is a subclass registered in OBJECTIVES; it touches no runtime code.
 """
@@ -30,7 +33,8 @@ from .dist import Processes
 
 class Objective:
     name: ClassVar[str]
-    score: ClassVar[str]            # the evaluate() figure that picks the best checkpoint (higher is better)
+    score: ClassVar[str]            # the evaluate() figure that picks the best checkpoint
+    higher_is_better: ClassVar[bool] = True
 
     train_set: Dataset
     val_set: Dataset
@@ -41,6 +45,13 @@ class Objective:
     def __init__(self, cfg: TrainConfig, device: torch.device, log: Callable[[str], None],
                  init: Converted | None = None):
         self.cfg, self.device, self.log, self.init = cfg, device, log, init
+
+    @classmethod
+    def adapt_init(cls, init: Converted) -> Converted:
+        """The --init checkpoint as this objective starts from it: a pretraining run's backbone (MAE's encoder,
+        DINO's teacher) for every objective but the pretraining ones."""
+        from ..models._backbone import backbone_weights, is_pretraining
+        return backbone_weights(init) if is_pretraining(init.model_name) else init
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -61,6 +72,18 @@ class Objective:
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         pass
 
+    def begin_step(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        """Before the micro-batches of optimiser step `step` (0-based, over the whole run)."""
+
+    def before_update(self, model: nn.Module) -> None:
+        """The gradients are ready (and clipped); the optimiser applies them next."""
+
+    def end_step(self, model: nn.Module, procs: Processes) -> None:
+        """The optimiser has updated the weights (every process calls this)."""
+
+    def finish(self, model: nn.Module, run_dir) -> None:
+        """Write the objective's own figures into the run folder (rank 0, after the last epoch)."""
+
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -71,7 +94,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 
 
 def get_objective(name: str) -> type[Objective]:
-    from . import classify, distill  # noqa: F401  (they register themselves)
+    from . import classify, dino, distill, mae  # noqa: F401  (they register themselves)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; the known ones are {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[name]

@@ -92,6 +92,18 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
+def set_weight_decay(opt: torch.optim.Optimizer, weight_decay: float) -> None:
+    """`weight_decay` on every group that decays at all (norms, biases and tokens stay at 0)."""
+    for group in opt.param_groups:
+        if group["weight_decay"] > 0:
+            group["weight_decay"] = weight_decay
+
+
+def cosine(step: int, total_steps: int, start: float, end: float) -> float:
+    """start → end along half a cosine over total_steps (DINO's schedules for weight decay and momentum)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
     """Linear warm-up from 0 to 1 over `warmup_steps`, then cosine from 1 down to `min_ratio`."""
     if step < warmup_steps:

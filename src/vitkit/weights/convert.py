@@ -8,6 +8,8 @@ max |Δlogit| between the two on a fixed random batch.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,9 @@ from torch import Tensor, nn
 from ..registry import create_model
 from .checkpoint import save_checkpoint
 from .converted import Converted
-from .io import check_state_dict, save_safetensors
+from .io import atomic_write, save_safetensors
 from .pretrained import load_pretrained, read_any
+from .skeleton import fit_skeleton
 
 TARGETS = ("vitkit", "timm", "hf")
 
@@ -40,8 +43,8 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "vitkit", name: str |
         raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
     converted = read_any(src, name, trust_pickle=trust_pickle)
     converted.overrides = {**converted.overrides, **(overrides or {})}
-    model = create_model(converted.model_name, **converted.overrides)
-    check_state_dict(model, converted.state, source=f"{src} ({converted.source})")
+    fit_skeleton(converted.model_name, converted.overrides, f"{src} ({converted.source})", converted.state)
+    model = create_model(converted.model_name, **converted.overrides)  # allocated only once the weights fit
     model.load_state_dict(converted.state, strict=True)
     dst = Path(dst)
     if to == "vitkit":
@@ -51,7 +54,14 @@ def convert(src: str | Path, dst: str | Path, *, to: str = "vitkit", name: str |
         save_safetensors(dst, model.state_dict())
     else:
         from .hf import write
+        from .preprocessor import evaluation_settings, write_preprocessor_config
         write(model, converted.model_name, dst, classes=converted.classes)
+        src_pre = Path(src) / "preprocessor_config.json"
+        if Path(src).is_dir() and src_pre.is_file():  # a Hugging Face source: its own preprocessing, unchanged
+            text = src_pre.read_text()
+            atomic_write(dst / src_pre.name, lambda tmp: Path(tmp).write_text(text))
+        else:  # so that AutoImageProcessor.from_pretrained(dst) prepares images as vitkit evaluates them
+            write_preprocessor_config(dst, **evaluation_settings(src, converted.source, model))
     diff, reference = None, "not checked"
     if check:
         # a timm state dict records no architecture: read it back with the name and options it was written from
@@ -70,10 +80,11 @@ def _fixed_batch(model: nn.Module) -> Tensor:
 def _check_against_source(converted: Converted, src: Path, ours: nn.Module) -> tuple[float | None, str]:
     """max |Δlogit| between the source library's model of `src` and `ours`, or None and the reason."""
     x = _fixed_batch(ours)
-    try:
-        reference, what = _source_model(converted, src)
-    except ImportError as e:
-        return None, f"skipped: the source library is not installed ({e.name})"
+    library = {"hf": "transformers", "timm": "timm", "vitkit": "timm", "jax": "timm"}.get(converted.source)
+    failure = library and _import_failure(library)
+    if failure:
+        return None, f"skipped: {failure}"
+    reference, what = _source_model(converted, src)
     if reference is None:
         return None, what
     with torch.no_grad():
@@ -81,6 +92,20 @@ def _check_against_source(converted: Converted, src: Path, ours: nn.Module) -> t
         theirs = getattr(theirs, "logits", theirs)
         mine = ours.eval()(x)
     return (mine - theirs).abs().max().item(), what
+
+
+def _import_failure(library: str) -> str | None:
+    """Why `library` cannot be imported (not installed, or installed with a dependency that fails), or None."""
+    if importlib.util.find_spec(library) is None:
+        return f"the source library {library} is not installed (pip install {library})"
+    try:
+        importlib.import_module(library)
+    except Exception as e:  # a missing dependency (ImportError), or a broken one (OSError, RuntimeError, ...)
+        needs = getattr(e, "name", None)
+        why = (f"it needs {needs}, which is not installed" if isinstance(e, ImportError) and needs and needs != library
+               else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        return f"{library} is installed but cannot be imported ({why}); fix that install to check against it"
+    return None
 
 
 def _source_model(converted: Converted, src: Path):

@@ -55,15 +55,17 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..registry import create_model, get_entry, list_models, model_config
+from ..registry import get_entry, list_models
 from .converted import Converted
-from .io import CheckpointError, atomic_write, check_state_dict, read_state_dict, save_safetensors
+from .hf_config import check_config
+from .io import CheckpointError, atomic_write, read_state_dict, save_safetensors
+from .skeleton import file_config, fit_skeleton
 
 CONFIG = "config.json"
 # Weight files in the order they are tried: safetensors first, pickles (read with weights_only=True) after.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
-SUPPORTED = ("vit", "deit", "swin", "beit", "convnext")
+SUPPORTED = ("vit", "deit", "swin", "beit", "convnext", "vit_mae")
 
 
 # ---- detecting and reading the folder -------------------------------------------------------------------------
@@ -133,11 +135,10 @@ def read(path: str | Path, name: str | None = None, *, trust_pickle: bool = Fals
     raw = _read_weights(folder, trust_pickle)
     hf_state = _strip_prefix(raw, family.prefix)
     model_name, overrides = model_for_config(config, hf_state.keys(), name, source=str(folder))
-    cfg = model_config(model_name, **overrides)
+    cfg = file_config(model_name, overrides, folder)  # a CheckpointError for options no model can take
     state = family.to_vitkit(hf_state, config, cfg)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation time
-        skeleton = create_model(model_name, **overrides)
-    check_state_dict(skeleton, state, source=f"{folder} (Hugging Face {config['model_type']}, renamed to vitkit keys)")
+    fit_skeleton(model_name, overrides, f"{folder} (Hugging Face {config['model_type']}, renamed to vitkit keys)",
+                 state)  # built on the meta device: shapes only, no memory, no initialisation time
     return Converted(model_name=model_name, state=state, overrides=overrides,
                      classes=_classes(config, cfg.num_classes), source="hf")
 
@@ -445,6 +446,18 @@ _CONVNEXT_RULES = [
     Rule("layernorm.{w}", "head.norm.{w}"),
     Rule("classifier.{w}", "head.fc.{w}"),
 ]
+# ViTMAEForPreTraining: the encoder under vit., the decoder under decoder. (transformers 5 saves the decoder's
+# layers as decoder.decoder_encoder.layer.i, the hub's folders as decoder.decoder_layers.i: both are read).
+_MAE_RULES = [
+    *[Rule(f"vit.{r.hf}", f"encoder.{r.ours}") for r in _VIT_RULES if not r.hf.startswith(("pooler", "classifier"))],
+    Rule("decoder.decoder_embed.{w}", "decoder_embed.{w}"),
+    Rule("decoder.mask_token", "mask_token"),
+    Rule("decoder.decoder_pos_embed", "decoder_pos_embed"),
+    *_block_rules("decoder.decoder_layers.{i}", "decoder_blocks.{i}", "attention"),
+    *_block_rules("decoder.decoder_encoder.layer.{i}", "decoder_blocks.{i}", "attention"),
+    Rule("decoder.decoder_norm.{w}", "decoder_norm.{w}"),
+    Rule("decoder.decoder_pred.{w}", "decoder_pred.{w}"),
+]
 _DROP = ("mask_token", "relative_position_index")  # no effect on classification: see the module docstring
 
 
@@ -497,6 +510,18 @@ def _deit_target(config, keys, source):
         return "deit_base_distilled_patch16_224", {**fields, "reg_tokens": 0, "head_hidden_size": None}
     # transformers' DeiT always has the distillation token; without the teacher head it is a register token.
     return "deit_base_patch16_224", {**fields, **_pooler_fields(config, keys, kind, source), "reg_tokens": 1}
+
+
+def _mae_target(config, keys, source):
+    _architecture(config, keys, {"ViTMAEForPreTraining": "pretraining"}, source)
+    fields = _vit_fields(config, source)
+    Dd = config.get("decoder_hidden_size", 512)
+    fields.update(pos_embed="sincos", num_classes=0, head_hidden_size=None, reg_tokens=0, decoder_embed_dim=Dd,
+                  decoder_depth=config.get("decoder_num_hidden_layers", 8),
+                  decoder_num_heads=config.get("decoder_num_attention_heads", 16),
+                  decoder_mlp_ratio=_mlp_ratio(Dd, config.get("decoder_intermediate_size", 2048), source),
+                  mask_ratio=config.get("mask_ratio", 0.75), norm_pix_loss=config.get("norm_pix_loss", False))
+    return "mae_vit_base_patch16_224", fields
 
 
 def _renamer(rules):
@@ -585,10 +610,13 @@ FAMILIES = {
     "swin": _Family("swin", ("swin",), "swin.", 1e-5, 1e-5, _swin_target, _renamer(_SWIN_RULES)),
     "beit": _Family("beit", ("beit",), "beit.", 1e-6, 1e-12, _beit_target, _renamer(_BEIT_RULES)),
     "convnext": _Family("convnext", ("convnext",), "convnext.", 1e-6, 1e-12, _convnext_target, _convnext_to_vitkit),
+    "vit_mae": _Family("vit_mae", ("mae",), "", 1e-6, 1e-12, _mae_target,
+                       lambda s, c, cfg: _rename_to_ours(s, _MAE_RULES, ("relative_position_index",))),
 }
 
 
 def _family(config: dict, source) -> _Family:
+    check_config(config, source)  # each field vitkit reads holds what transformers writes, or a CheckpointError
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         found = f"model_type {model_type!r}" if model_type else "no model_type"

@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def detect(path: str | Path) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             keys = {n.removesuffix(".npy") for n in z.namelist()}
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError):  # ValueError: member names that are not UTF-8
         return False
     return any(f"{p}embedding/kernel" in keys for p in PREFIXES) and any("Transformer/" in k for k in keys)
 
@@ -101,7 +102,13 @@ def read(path: str | Path, name: str | None = None, *, trust_pickle: bool = Fals
     if prefix is None:
         raise CheckpointError(_not_vit(path, arrays, "embedding/kernel (the patch projection)"))
     w = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-    return _Reader(path, w).convert(name)
+    try:
+        return _Reader(path, w).convert(name)
+    except CheckpointError:
+        raise
+    except (ValueError, IndexError, RuntimeError) as e:  # an array of another rank or size than its neighbours
+        raise CheckpointError(f"{path}: its arrays' shapes do not fit together as a JAX ViT ({type(e).__name__}: "
+                              f"{e}); the file is damaged or holds another model") from e
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -110,6 +117,10 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass the .npz file inside it")
+    with open(path, "rb") as f:  # numpy takes any other start for a pickle, and suggests trusting it
+        if not f.read(4) in (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUM"):
+            raise CheckpointError(f"{path} does not begin as an .npz (a zip archive of .npy arrays) does; it is "
+                                  f"damaged, or another kind of file")
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -118,7 +129,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except CheckpointError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         raise CheckpointError(f"{path} could not be read as an .npz without pickle ({type(e).__name__}: {e}); it "
                               f"is not a JAX release file, or it is truncated or holds Python objects") from e
 

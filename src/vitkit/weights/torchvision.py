@@ -109,7 +109,16 @@ def convert_state_dict(state: dict[str, Tensor], name: str | None = None, *, sou
         if wanted != family:
             raise CheckpointError(f"{source} is a torchvision {family} state dict (keys like {FAMILY_KEYS[family]}), "
                                   f"but {name!r} is a {wanted} model; pass the matching name, or none to infer it")
-    return _CONVERTERS[family](dict(state), vitkit_name, source)
+    try:
+        return _CONVERTERS[family](dict(state), vitkit_name, source)
+    except KeyError as e:  # a tensor the architecture needs is not there
+        raise CheckpointError(f"{source} is a torchvision {family} state dict without {e.args[0]!r}, which that "
+                              f"architecture has; the file is incomplete or from another model") from None
+    except CheckpointError:
+        raise
+    except (ValueError, IndexError, RuntimeError, ZeroDivisionError) as e:  # tensors of another rank or size
+        raise CheckpointError(f"{source}: its tensors' shapes do not fit together as a torchvision {family} "
+                              f"({type(e).__name__}: {e}); the file is damaged or holds another model") from e
 
 
 def family_of(keys) -> str | None:
