@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import normalize
 from ..data.augment import hflip, random_resized_crop
 from ..models.dino import DINO, dino_loss
-from ..registry import create_model, list_models, model_config
-from .classify import Classify
+from ..registry import model_config
 from .image_data import Transformed, eval_transform
 from .objective import register_objective
+from .pretraining import Pretraining
 from .optim import cosine
 
 KNN_K, KNN_T, KNN_BANK = 20, 0.07, 10_000
@@ -63,14 +63,6 @@ class MultiCrop:
         return out
 
 
-def dino_name(model: str) -> str:
-    name = model if model.startswith("dino_") else f"dino_{model}"
-    if name not in list_models():
-        raise ValueError(f"--objective dino has no DINO for {model!r}; the registered ones are "
-                         f"{', '.join(list_models('dino_*'))} (pass the DINO's name or its backbone's)")
-    return name
-
-
 @torch.no_grad()
 def features(backbone: nn.Module, ds: Dataset, device, batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """L2-normalised [CLS] features (N, D) and labels (N,) of `ds` (eval-transformed images, labels)."""
@@ -92,17 +84,13 @@ def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes:
 
 
 @register_objective
-class Dino(Classify):
+class Dino(Pretraining):
     name = "dino"
+    prefix = "dino_"
     score = "val_knn_acc"
 
     def __init__(self, cfg, device, log, init=None):
-        if cfg.mixup or cfg.cutmix:
-            raise ValueError("--objective dino learns from images alone, and mixup/cutmix mix labels: pass "
-                             "--mixup 0 --cutmix 0")
-        super().__init__(dataclasses.replace(cfg, model=dino_name(cfg.model)), device, log, init)
-        self.model_overrides.pop("num_classes")
-        self.record = {k: v for k, v in self.record.items() if k != "classes"}  # labels only evaluate; no head
+        super().__init__(cfg, device, log, init)
         r = self.record
         self.dcfg = model_config(self.model_name, **self.model_overrides)
         h, w = r["img_size"]
@@ -119,15 +107,6 @@ class Dino(Classify):
     def describe(self) -> str:
         return (super().describe() + f"; 2 global crops and {self.dcfg.local_crops} local ones "
                 f"({self.train_set.transform.local_size[0]} px) per image")
-
-    @classmethod
-    def adapt_init(cls, init):
-        return init
-
-    def build_model(self) -> nn.Module:
-        if self.init is not None:
-            return super().build_model()
-        return create_model(self.model_name, **self.model_overrides)
 
     def begin_step(self, step, total_steps, steps_per_epoch):
         d = self.dcfg

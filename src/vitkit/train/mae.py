@@ -19,19 +19,17 @@ reconstruction.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..data.augment import rng
 from ..models.mae import MaskedAutoencoder, patchify, unpatchify
-from ..registry import create_model, list_models
-from .classify import Classify
 from .image_data import Transformed, eval_transform
 from .objective import register_objective
+from .pretraining import Pretraining
 
 VAL_KEY = 0x4D4145  # "MAE": validation masks are drawn from rng(seed, VAL_KEY, image index)
 
@@ -55,33 +53,17 @@ def _mean_image(ds: Dataset, most: int = 2000) -> Tensor:
     return torch.stack([ds[i][0] for i in range(0, len(ds), step)]).mean(dim=0)
 
 
-def mae_name(model: str) -> str:
-    name = model if model.startswith("mae_") else f"mae_{model}"
-    if name not in list_models():
-        raise ValueError(f"--objective mae has no MAE for {model!r}; the registered ones are "
-                         f"{', '.join(list_models('mae_*'))} (pass the MAE's name or its encoder's)")
-    return name
-
-
 @register_objective
-class MAE(Classify):
+class MAE(Pretraining):
     name = "mae"
+    prefix = "mae_"
     score = "val_mse"
     higher_is_better = False
 
     def __init__(self, cfg, device, log, init=None):
-        if cfg.mixup or cfg.cutmix:
-            raise ValueError("--objective mae learns from images alone, and mixup/cutmix mix labels: pass "
-                             "--mixup 0 --cutmix 0 (or leave out --recipe deit)")
-        super().__init__(dataclasses.replace(cfg, model=mae_name(cfg.model)), device, log, init)
-        self.model_overrides.pop("num_classes")
-        self.record = {k: v for k, v in self.record.items() if k != "classes"}  # the MAE has no head to label
+        super().__init__(cfg, device, log, init)
         self.mean_image = _mean_image(Transformed(self.train_set.ds, eval_transform(self.record)))
         self.val_set = Indexed(self.val_set)
-
-    @classmethod
-    def adapt_init(cls, init):
-        return init  # pretraining continues from the whole MAE
 
     def describe(self) -> str:
         return super().describe() + f", {self.mask_ratio:.0%} of the patches masked"
@@ -90,11 +72,6 @@ class MAE(Classify):
     def mask_ratio(self) -> float:
         from ..registry import model_config
         return model_config(self.model_name, **self.model_overrides).mask_ratio
-
-    def build_model(self) -> nn.Module:
-        if self.init is not None:
-            return super().build_model()
-        return create_model(self.model_name, **self.model_overrides)
 
     def loss(self, model, batch, gen):
         images, _ = batch
