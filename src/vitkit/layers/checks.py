@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import VitkitError
 
-class ImageSizeError(ValueError):
+
+class ImageSizeError(VitkitError):
     """An input image whose size, channel count or number type the model cannot take."""
 
 
