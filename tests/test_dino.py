@@ -119,3 +119,16 @@ def test_a_dino_run_fine_tunes_from_its_teacher(tmp_path):
     train(TrainConfig(init=str(run.run_dir / "best.safetensors"), data="digits", runs_dir=str(tmp_path), name="ft",
                       epochs=1, batch_size=128, progress=False, threads=1), log=lines.append)
     assert any("new head for 10 classes (the checkpoint has none)" in line for line in lines), lines
+
+
+def test_every_command_reads_a_pretraining_run_as_its_backbone(tmp_path):
+    """predict, export, eval and explain load models through infer.load_model: a DINO run gives its teacher's
+    backbone, a plain ViT whose [CLS] attention `vitkit explain` draws."""
+    from vitkit.infer import load_model
+    from vitkit.models import VisionTransformer
+    run = train(dino_cfg(tmp_path, "d", 1), log=lambda *_: None)
+    loaded = load_model(str(run.run_dir / "best.safetensors"))
+    assert type(loaded.model) is VisionTransformer and loaded.model.num_classes == 0
+    assert "backbone of dino_vit_pico_patch2_8" in loaded.origin
+    state = load_checkpoint(run.run_dir / "best.safetensors").state
+    assert torch.equal(loaded.model.blocks[0].attn.qkv.weight, state["teacher.backbone.blocks.0.attn.qkv.weight"])

@@ -151,6 +151,13 @@ def _from_vitkit(path: Path, img_size: int | None) -> LoadedModel:
     entry = get_entry(ckpt.model_name)
     record = {"mean": list(entry.mean), "std": list(entry.std), "in_chans": cfg.in_chans, **ckpt.data,
               "img_size": trained, "classes": ckpt.classes or None}
+    from .models._backbone import backbone_weights, is_pretraining
+    if is_pretraining(ckpt.model_name):  # an MAE or DINO run: its backbone ViT (MAE's encoder, DINO's teacher)
+        from .weights.converted import Converted
+        from .weights.pretrained import fit_pretrained
+        backbone = backbone_weights(Converted(ckpt.model_name, ckpt.state, dict(ckpt.overrides), None, "vitkit"))
+        return LoadedModel(fit_pretrained(backbone)[0], record,
+                           f"{backbone.model_name} (the backbone of {ckpt.model_name}) from {path}", False)
     return LoadedModel(ckpt.build_model(), record, f"{ckpt.model_name} from {path}", False)
 
 
