@@ -8,8 +8,7 @@ import inspect
 import re
 import typing
 
-from ..train import TrainConfig, load_config_file, train
-from ..weights import load_checkpoint
+from ..train.config import TrainConfig, load_config_file
 
 EXAMPLES = """\
 examples:
@@ -98,11 +97,13 @@ def config_from_args(args) -> TrainConfig:
     cfg = TrainConfig(**values)
     last = cfg.run_dir / "last.safetensors"
     if args.resume and last.exists():
+        from ..weights import load_checkpoint
         saved = TrainConfig(**load_checkpoint(last).train["config"])
         cfg = dataclasses.replace(saved, **values)
     return cfg
 
 
 def run(args) -> int:
+    from ..train import train
     train(config_from_args(args), resume=args.resume, overwrite=args.overwrite)
     return 0

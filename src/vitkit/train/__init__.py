@@ -1,13 +1,33 @@
-"""Training: one runtime (loop.py) for every objective (classify, distill, ...), configured by a TrainConfig."""
-from .classify import EvalResult, evaluate
-from .config import TrainConfig, load_config_file, resolve, validate
-from .dist import resolve_device
-from .image_data import eval_transform, validation_set
-from .loop import RunExistsError, RunResult, optimizer_step, train
-from .objective import OBJECTIVES, Objective, get_objective, register_objective
-from .optim import layer_ids, lr_factor, make_optimizer, param_groups
+"""Training: one runtime (loop.py) for every objective (classify, distill, mae, dino), configured by a TrainConfig.
 
-__all__ = ["EvalResult", "OBJECTIVES", "Objective", "RunExistsError", "RunResult", "TrainConfig", "eval_transform",
-           "evaluate", "get_objective", "layer_ids", "load_config_file", "lr_factor", "make_optimizer",
-           "optimizer_step", "param_groups", "register_objective", "resolve", "resolve_device", "train", "validate",
-           "validation_set"]
+The names below are imported on first use, so `vitkit train --help` (which needs only TrainConfig) does not
+import torch."""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "EvalResult": "classify", "evaluate": "classify",
+    "TrainConfig": "config", "load_config_file": "config", "resolve": "config", "validate": "config",
+    "resolve_device": "dist",
+    "eval_transform": "image_data", "validation_set": "image_data",
+    "RunExistsError": "loop", "RunResult": "loop", "optimizer_step": "loop", "train": "loop",
+    "OBJECTIVES": "objective", "Objective": "objective", "get_objective": "objective",
+    "register_objective": "objective",
+    "layer_ids": "optim", "lr_factor": "optim", "make_optimizer": "optim", "param_groups": "optim",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = sorted(_LAZY)

@@ -181,6 +181,9 @@ def _has_val_folder(data: str) -> bool:
 def load_config_file(path: str | Path) -> dict:
     """Run options from a YAML or JSON file (a run's own config.json works): {field: value}, keys checked."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--config {path} is a folder; pass the file inside it (a run folder holds "
+                                f"config.json: --config {path / 'config.json'})")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     text = path.read_text()
