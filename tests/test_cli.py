@@ -92,44 +92,40 @@ def test_console_script_runs_as_a_process():
 
 
 # ---- start-up: only the command being run is imported ------------------------------------------------------------
-def test_help_imports_neither_torch_nor_any_command():
+def help_in_a_fresh_process(argv: list[str], check: str) -> str:
+    """Run `vitkit ARGV` (a --help) in a new interpreter; print which heavy modules it imported (torch, command
+    modules) and whether `check` is in the help text."""
     code = ("import sys, contextlib, io\n"
             "from vitkit.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
             "    try:\n"
-            "        main(['--help'])\n"
+            f"        main({argv!r})\n"
             "    except SystemExit:\n"
             "        pass\n"
             "heavy = sorted(m for m in sys.modules if m == 'torch' or m.startswith('vitkit.cli.'))\n"
-            "print(heavy, 'train a model' in out.getvalue())")
+            f"print(heavy, {check!r} in out.getvalue())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[] True"
+    return proc.stdout.strip()
+
+
+def test_help_imports_neither_torch_nor_any_command():
+    assert help_in_a_fresh_process(["--help"], "train a model") == "[] True"
 
 
 def test_train_help_does_not_import_torch():
     """Its options come from TrainConfig, which is plain Python; the trainer is imported only to train."""
-    code = ("import sys, contextlib, io\n"
-            "from vitkit.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-            "    try:\n"
-            "        main(['train', '--help'])\n"
-            "    except SystemExit:\n"
-            "        pass\n"
-            "print('torch' in sys.modules, '--layer-decay' in out.getvalue())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "False True"
-
-
-def test_a_config_folder_is_named_with_the_file_to_pass(capsys, tmp_path):
-    assert main(["train", "--config", str(tmp_path)]) != 0
-    assert "is a folder; pass the file inside it" in capsys.readouterr().err
+    assert help_in_a_fresh_process(["train", "--help"], "--layer-decay") == "['vitkit.cli.train'] True"
 
 
 def test_the_quick_help_lists_what_the_full_parser_does():
     from vitkit.cli import build_parser
     assert build_parser(full=False).format_help() == build_parser().format_help()  # the one-line summaries agree
+
+
+def test_a_config_folder_is_named_with_the_file_to_pass(capsys, tmp_path):
+    assert main(["train", "--config", str(tmp_path)]) != 0
+    assert "is a folder; pass the file inside it" in capsys.readouterr().err
 
 
 # ---- errors: one line, the problem and the fix --------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """vitkit: attention, Transformers and Vision Transformers, correct to the papers and equal to timm."""
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -16,16 +17,6 @@ if TYPE_CHECKING:
     from .weights.pretrained import load_pretrained
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vitkit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["create_model", "get_entry", "list_models", "load_pretrained", "model_config", "__version__"]
