@@ -31,6 +31,18 @@ def pool_tokens(x: Tensor, global_pool: str, num_prefix_tokens: int) -> Tensor:
     return x[:, 0] if global_pool == "token" else x[:, num_prefix_tokens:].mean(dim=1)
 
 
+def mask_patches(patches: Tensor, mask: Tensor, token: Tensor | None) -> Tensor:
+    """Masked image modelling's input: patch embeddings (B, Hp, Wp, D) with the hidden ones, mask (B, Hp·Wp) True,
+    replaced by the learned mask token (1, 1, D). The ViT and BEiT encoders both take their masks through this."""
+    B, Hp, Wp, D = patches.shape
+    if token is None:
+        raise ValueError("this model has no mask token; build it with mask_token=True to pass a mask")
+    if mask.shape != (B, Hp * Wp):
+        raise ValueError(f"mask must be (batch, patches) = ({B}, {Hp * Wp}), got {tuple(mask.shape)}")
+    hidden = mask.reshape(B, Hp, Wp, 1).to(patches.dtype)
+    return patches * (1 - hidden) + token.reshape(1, 1, 1, D) * hidden
+
+
 def new_head(in_features: int, num_classes: int) -> nn.Module:
     """A freshly initialised classifier (B, in_features) → (B, num_classes): Linear with truncated-normal
     weights (std 0.02) and zero bias; Identity when num_classes is 0."""

@@ -29,7 +29,7 @@ from ..layers.mlp import Mlp
 from ..layers.patch_embed import ImageSizeError, PatchEmbed
 from ..layers.rel_pos import RelativePositionBias, add_relative_position_bias, gather_bias
 from ..registry import ModelEntry, register
-from ._common import check_global_pool, check_intermediate_format, format_intermediates, pool_tokens
+from ._common import check_global_pool, check_intermediate_format, format_intermediates, mask_patches, pool_tokens
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class BeitConfig:
     proj_drop_rate: float = 0.0             # dropout on MLP and attention-projection outputs
     attn_drop_rate: float = 0.0             # dropout on attention weights
     drop_path_rate: float = 0.0             # stochastic depth, rising linearly to this at the last block
+    mask_token: bool = False                # a learned token that prepare_tokens(mask=...) puts in place of
+                                            # hidden patches (BEiT's masked image modelling)
 
 
 class BeitAttention(AttentionBase):
@@ -137,6 +139,7 @@ class Beit(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, D)) \
             if cfg.use_abs_pos_emb else None
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
         self.rel_pos_bias = RelativePositionBias(grid, cfg.num_heads, class_token=True) \
             if cfg.use_shared_rel_pos_bias else None
 
@@ -157,7 +160,7 @@ class Beit(nn.Module):
 
     def init_weights(self) -> None:
         """As BEiT's release (and timm): Linear layers truncated normal, std 0.02, zero bias; [CLS] and absolute
-        position embeddings truncated normal, std 0.02; q/v biases and relative position bias tables zero;
+        position embeddings and the mask token truncated normal, std 0.02; q/v biases and relative position bias tables zero;
         LayerScale gains γ = init_values. Then each block's output projections (attn.proj, mlp.fc2) are divided
         by √(2·(layer + 1)), and the head's weight and bias are scaled by head_init_scale. Patch projection
         (conv): PyTorch's default. LayerNorms: unit gain, zero bias."""
@@ -166,7 +169,7 @@ class Beit(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        for p in (self.cls_token, self.pos_embed):
+        for p in (self.cls_token, self.pos_embed, self.mask_token):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
         for n, p in self.named_parameters():
@@ -190,12 +193,16 @@ class Beit(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names the optimiser should not decay (besides norms and biases)."""
-        names = {"pos_embed", "cls_token"}
+        names = {"pos_embed", "cls_token", "mask_token"}
         return names | {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
     # ---- tokens ---------------------------------------------------------------------------------------------
-    def _embed(self, x: Tensor) -> Tensor:
-        """x: (B, C, H, W) → tokens (B, 1 + Hp·Wp, D)."""
+    def prepare_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) → the tokens the blocks take, (B, 1 + Hp·Wp, D).
+
+        mask: (B, Hp·Wp) bool, True where a patch is hidden: its embedding is replaced by the learned mask token
+            before [CLS] is prepended (masked image modelling; needs mask_token=True), as BEiT does it.
+        """
         if x.ndim == 4 and tuple(x.shape[-2:]) != self.patch_embed.img_size:
             H, W = self.patch_embed.img_size
             Gh, Gw = self.patch_embed.grid_size
@@ -204,11 +211,20 @@ class Beit(nn.Module):
                 f"covers a {Gh}×{Gw} patch grid exactly; resize the images to {H}×{W}, or create the model with "
                 f"img_size=({x.shape[-2]}, {x.shape[-1]})")
         x = self.patch_embed(x)  # (B, Hp, Wp, D)
+        if mask is not None:
+            x = mask_patches(x, mask, self.mask_token)
         B, Hp, Wp, D = x.shape
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, Hp * Wp, D)], dim=1)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         return self.pos_drop(x)
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """tokens (B, N, D) from prepare_tokens → the blocks, then `norm` (identity when fc_norm is used)."""
+        shared = self._shared_bias()
+        for block in self.blocks:
+            tokens = block(tokens, shared)
+        return self.norm(tokens)
 
     def _shared_bias(self) -> Tensor | None:
         return self.rel_pos_bias() if self.rel_pos_bias is not None else None
@@ -225,19 +241,17 @@ class Beit(nn.Module):
         """
         check_intermediate_format(output_fmt)
         wanted = take_indices(len(self.blocks), indices, "blocks", prefix="block")
-        x, shared, taken = self._embed(x), self._shared_bias(), []
+        x, shared, taken = self.prepare_tokens(x), self._shared_bias(), []
         for i, block in enumerate(self.blocks):
             x = block(x, shared)
             if i in wanted:
                 taken.append(self.norm(x) if norm else x)
         return self.norm(x), format_intermediates(taken, output_fmt, 1, self.patch_embed.grid_size)  # 1: [CLS]
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """x: (B, C, H, W) → tokens (B, N, D) after `norm` (identity when fc_norm is used instead)."""
-        x, shared = self._embed(x), self._shared_bias()
-        for block in self.blocks:
-            x = block(x, shared)
-        return self.norm(x)
+    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, C, H, W) → tokens (B, N, D) after `norm` (identity when fc_norm is used instead). mask: as
+        prepare_tokens takes it."""
+        return self.encode(self.prepare_tokens(x, mask))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """tokens (B, N, D) → logits (B, classes), or the features the head sees when pre_logits."""

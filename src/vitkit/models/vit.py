@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from ..layers import Block, PatchEmbed, drop_path_rates, resample_abs_pos_embed, sincos_2d
 from ..layers.checks import take_indices
 from ..registry import ModelEntry, register
-from ._common import check_global_pool, check_intermediate_format, format_intermediates, new_head, pool_tokens
+from ._common import (check_global_pool, check_intermediate_format, format_intermediates, mask_patches, new_head,
+                      pool_tokens)
 
 
 GELUS = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh")}
@@ -179,18 +180,12 @@ class VisionTransformer(nn.Module):
             prefix tokens (MAE's encoder sees the kept 25%).
         """
         patches = self.patch_embed(x)  # (B, Hp, Wp, D)
-        B, Hp, Wp, D = patches.shape
         if mask is not None:
-            if self.mask_token is None:
-                raise ValueError("this model has no mask token; build it with mask_token=True to pass a mask")
-            if mask.shape != (B, Hp * Wp):
-                raise ValueError(f"mask must be (batch, patches) = ({B}, {Hp * Wp}), got {tuple(mask.shape)}")
-            hidden = mask.reshape(B, Hp, Wp, 1).to(patches.dtype)
-            patches = patches * (1 - hidden) + self.mask_token.reshape(1, 1, 1, D) * hidden
+            patches = mask_patches(patches, mask, self.mask_token)
         tokens = self._pos_embed(patches)
         if keep is None:
             return tokens
-        p = self.num_prefix_tokens
+        p, D = self.num_prefix_tokens, tokens.shape[-1]
         kept = torch.gather(tokens[:, p:], 1, keep[..., None].expand(-1, -1, D))
         return torch.cat([tokens[:, :p], kept], dim=1)
 

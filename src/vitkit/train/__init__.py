@@ -1,4 +1,4 @@
-"""Training: one runtime (loop.py) for every objective (classify, distill, mae, dino), configured by a TrainConfig.
+"""Training: one runtime (loop.py) for every objective (classify, distill, mae, dino, mim), configured by a TrainConfig.
 
 The names below are imported on first use, so `vitkit train --help` (which needs only TrainConfig) does not
 import torch."""

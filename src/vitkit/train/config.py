@@ -14,7 +14,7 @@ from pathlib import Path
 
 @dataclass
 class TrainConfig:
-    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino'
+    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino', 'mim'
     model: str | None = None             # registered model name (default: the --init file's, else one that fits the data)
     init: str | None = None              # start from this checkpoint: vitkit, timm, Hugging Face folder, torchvision, JAX npz
     data: str = "digits"                 # embedded set ('digits', 'mnist'), an image folder, or a folder with train/ and val/
@@ -81,7 +81,7 @@ class TrainConfig:
 # Fields that say how a run executes, not what it computes: they may differ when a run is resumed.
 RUNTIME_FIELDS = {"device", "threads", "progress", "num_workers", "runs_dir", "tensorboard", "epochs", "fsdp"}
 
-CHOICES = {"objective": (None, "classify", "distill", "mae", "dino"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
+CHOICES = {"objective": (None, "classify", "distill", "mae", "dino", "mim"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
            "train_crop": (None, "shift", "rrc", "none"), "distill": ("soft", "hard"), "recipe": (None, "deit")}
 
 # The augmentation a data source gets for every field the user and the recipe leave unset.

@@ -20,6 +20,8 @@ class becomes:
     SwinForImageClassification, SwinModel   swin_*                the patch merging that closes stage i opens
                                                                   stage i+1 (timm's layout)
     BeitForImageClassification, BeitModel   beit_*                lambda_1/2 → gamma_1/2, pooler.layernorm → fc_norm
+    BeitForMaskedImageModeling              mim_beit_*            beit. → encoder., layernorm → norm, lm_head → head;
+                                                                  no tokenizer: the codebook is left unfitted
     ConvNextForImageClassification, -Model  convnext_*            pwconv1/2 → mlp.fc1/2, as 1×1 convs where the
                                                                   model has conv_mlp=True (convnext_atto)
 
@@ -28,7 +30,7 @@ Tensor names are read and written in the layout transformers saves (and the hub 
 `q_proj`) but still saves and loads that layout.
 
 Separate q, k, v projections become one fused `qkv` (concatenated in q, k, v order) and are split again on
-writing. Tensors that do not change the forward pass are dropped on reading: `mask_token` (masked image
+writing. Tensors that do not change the forward pass are dropped on reading: `mask_token` (kept for masked image
 modelling only) and `relative_position_index` (a buffer that old transformers versions saved; vitkit rebuilds it).
 
 What is refused, with an error that says why, rather than loaded with different numbers:
@@ -133,7 +135,7 @@ def read(path: str | Path, name: str | None = None, *, trust_pickle: bool = Fals
     config = _read_config(folder)
     family = _family(config, folder)
     raw = _read_weights(folder, trust_pickle)
-    hf_state = _strip_prefix(raw, family.prefix)
+    hf_state = _strip_prefix(raw, _prefix(family, config, raw.keys()))
     model_name, overrides = model_for_config(config, hf_state.keys(), name, source=str(folder))
     cfg = file_config(model_name, overrides, folder)  # a CheckpointError for options no model can take
     state = family.to_vitkit(hf_state, config, cfg)
@@ -141,6 +143,13 @@ def read(path: str | Path, name: str | None = None, *, trust_pickle: bool = Fals
                  state)  # built on the meta device: shapes only, no memory, no initialisation time
     return Converted(model_name=model_name, state=state, overrides=overrides,
                      classes=_classes(config, cfg.num_classes), source="hf")
+
+
+def _prefix(family: _Family, config: dict, keys: Iterable[str]) -> str:
+    """The base-model prefix to strip. BeitForMaskedImageModeling keeps its 'beit.': its head has a `layernorm` of
+    its own beside the base model's."""
+    mim = (config.get("architectures") or [None])[0] == "BeitForMaskedImageModeling" or "lm_head.weight" in keys
+    return "" if mim else family.prefix
 
 
 def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -170,17 +179,20 @@ def model_for_config(config: dict, keys: Iterable[str] | None = None, name: str 
     taken to have its default pooler). name: a model to use instead of the closest registered one.
     """
     family = _family(config, source)
-    keys = None if keys is None else {k.removeprefix(family.prefix) for k in keys}
+    if keys is not None:
+        keys = set(keys)
+        keys = {k.removeprefix(_prefix(family, config, keys)) for k in keys}
     reference, target = family.target(config, keys, source)
     _check_eps(config, family, source, eps_is_an_option="norm_eps" in target)
     ref_entry = get_entry(reference)
     target = {**target, **_act_option(config, family, source, hasattr(ref_entry.config, "act"))}
     recorded = config.get("vitkit_model")  # written by write(); a stale or foreign one is ignored
-    if name is None and recorded in list_models() and get_entry(recorded).builder is ref_entry.builder:
+    if name is None and recorded in list_models() and get_entry(recorded).builder is ref_entry.builder \
+            and type(get_entry(recorded).config) is type(ref_entry.config):
         name = recorded
     if name is not None:
         entry = get_entry(name)
-        if entry.builder is not ref_entry.builder:
+        if entry.builder is not ref_entry.builder or type(entry.config) is not type(ref_entry.config):
             arch = (config.get("architectures") or [family.model_type])[0]
             raise CheckpointError(f"{source} holds a transformers {arch}, which {name} cannot take (it "
                                   f"builds a {entry.builder.__name__}); use a {ref_entry.family} model such as "
@@ -188,7 +200,8 @@ def model_for_config(config: dict, keys: Iterable[str] | None = None, name: str 
         chosen = name
     else:
         candidates = [n for n in list_models() if get_entry(n).family in family.families
-                      and get_entry(n).builder is ref_entry.builder]
+                      and get_entry(n).builder is ref_entry.builder
+                      and type(get_entry(n).config) is type(ref_entry.config)]
 
         def cost(n):
             ovr = _overrides(get_entry(n).config, target)
@@ -553,7 +566,9 @@ BEIT_NON_SQUARE = ("transformers builds BEiT's relative-position index for a non
 
 
 def _beit_target(config, keys, source):
-    kind = _architecture(config, keys, {"BeitForImageClassification": "classifier", "BeitModel": "base"}, source)
+    kind = "mim" if keys is not None and "lm_head.weight" in keys else _architecture(
+        config, keys, {"BeitForImageClassification": "classifier", "BeitModel": "base",
+                       "BeitForMaskedImageModeling": "mim"}, source)
     img = _image_size(config)
     rel_pos = config.get("use_relative_position_bias", False) or config.get("use_shared_relative_position_bias", False)
     if rel_pos and not isinstance(img, int):
@@ -562,7 +577,7 @@ def _beit_target(config, keys, source):
                               f"loaded and then resized: vitkit.load_pretrained(path, img_size=(H, W))")
     D = config.get("hidden_size", 768)
     ls = config.get("layer_scale_init_value", 0.1)
-    return "beit_base_patch16_224", dict(
+    fields = dict(
         img_size=img, patch_size=_patch_size(config, source, 16),
         in_chans=config.get("num_channels", 3), num_classes=_num_labels(config) if kind == "classifier" else 0,
         embed_dim=D, depth=config.get("num_hidden_layers", 12), num_heads=config.get("num_attention_heads", 12),
@@ -572,6 +587,31 @@ def _beit_target(config, keys, source):
         use_shared_rel_pos_bias=config.get("use_shared_relative_position_bias", False),
         init_values=ls if ls > 0 else None,
         global_pool="avg" if config.get("use_mean_pooling", True) else "token", use_fc_norm=None)
+    if kind == "mim":  # the visual-token head; the tokenizer (BEiT's dVAE) is not part of the checkpoint
+        return "mim_beit_base_patch16_224", {**fields, "num_classes": 0, "target": "tokens", "mask_token": True,
+                                             "vocab_size": config.get("vocab_size", 8192)}
+    return "beit_base_patch16_224", fields
+
+
+# BeitForMaskedImageModeling: the base model under beit. → encoder., its own LayerNorm and lm_head → norm and head.
+_BEIT_MIM_RULES = [
+    Rule("beit.embeddings.mask_token", "encoder.mask_token"),
+    *[Rule(f"beit.{r.hf}", f"encoder.{r.ours}") for r in _BEIT_RULES if not r.hf.startswith(("pooler", "classifier"))],
+    Rule("layernorm.{w}", "norm.{w}"),
+    Rule("lm_head.{w}", "head.{w}"),
+]
+
+
+def _beit_to_vitkit(state, config, cfg):
+    from ..models.mim import MIMOptions
+    if not isinstance(cfg, MIMOptions):
+        return _rename_to_ours(state, _BEIT_RULES, _DROP)
+    out = _rename_to_ours(state, _BEIT_MIM_RULES, ("relative_position_index",))
+    D = cfg.embed_dim
+    if "encoder.fc_norm.weight" not in out and cfg.global_pool == "avg":  # the pooled head's norm: not used by MIM,
+        out["encoder.fc_norm.weight"], out["encoder.fc_norm.bias"] = torch.ones(D), torch.zeros(D)  # fresh
+    out.setdefault("codebook.centroids", torch.zeros(cfg.vocab_size, cfg.patch_size ** 2 * cfg.in_chans))  # unfitted
+    return out
 
 
 def _convnext_target(config, keys, source):
@@ -608,7 +648,7 @@ FAMILIES = {
                     lambda s, c, cfg: _rename_to_ours(s, _DEIT_TEACHER_RULES if cfg.reg_tokens == 0 else _DEIT_RULES,
                                                       _DROP)),
     "swin": _Family("swin", ("swin",), "swin.", 1e-5, 1e-5, _swin_target, _renamer(_SWIN_RULES)),
-    "beit": _Family("beit", ("beit",), "beit.", 1e-6, 1e-12, _beit_target, _renamer(_BEIT_RULES)),
+    "beit": _Family("beit", ("beit", "mim"), "beit.", 1e-6, 1e-12, _beit_target, _beit_to_vitkit),
     "convnext": _Family("convnext", ("convnext",), "convnext.", 1e-6, 1e-12, _convnext_target, _convnext_to_vitkit),
     "vit_mae": _Family("vit_mae", ("mae",), "", 1e-6, 1e-12, _mae_target,
                        lambda s, c, cfg: _rename_to_ours(s, _MAE_RULES, ("relative_position_index",))),
