@@ -56,9 +56,11 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor, dict]:
     return vitkit.create_model(name, **over), torch.randn(BATCH, cfg.in_chans, h, w), over
 
 
-# Classifiers and backbones; pretraining models (MAE: images in, a loss and a reconstruction out) have their own
-# tests (tests/test_mae.py).
-MODELS = [n for n in vitkit.list_models() if "pretraining" not in vitkit.get_entry(n).tags]
+# Image classifiers and backbones; pretraining models (MAE: images in, a loss and a reconstruction out) have their
+# own tests (tests/test_mae.py). Sequence models (inputs='tokens') get the checks that apply to them, below.
+MODELS = [n for n in vitkit.list_models() if "pretraining" not in vitkit.get_entry(n).tags
+          and vitkit.get_entry(n).inputs == "image"]
+SEQUENCE_MODELS = [n for n in vitkit.list_models() if vitkit.get_entry(n).inputs == "tokens"]
 
 
 def test_registry_is_not_empty():
@@ -223,3 +225,44 @@ def test_no_graph_breaks_under_torch_compile(name):
         explained = torch._dynamo.explain(model.train(train))(x)
         assert explained.graph_break_count == 0, f"{name} (train={train}): {explained.break_reasons}"
         assert explained.graph_count == 1
+
+
+# ---- sequence models: source and target ids in, logits over the target vocabulary out -------------------------------
+def build_sequence(name: str):
+    over = tiny_overrides(name)
+    cfg = vitkit.model_config(name, **over)
+    torch.manual_seed(0)
+    src = torch.randint(3, cfg.src_vocab, (BATCH, 7))
+    tgt = torch.randint(3, cfg.tgt_vocab, (BATCH, 5))
+    src[1, 5:] = tgt[1, 4:] = cfg.pad_id  # one padded sequence in each
+    return vitkit.create_model(name, **over), src, tgt, cfg
+
+
+def test_there_are_sequence_models():
+    assert {"transformer_base", "transformer_small"} <= set(SEQUENCE_MODELS)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_model_forward_backward_and_every_parameter_gets_a_gradient(name):
+    model, src, tgt, cfg = build_sequence(name)
+    model.train()
+    logits = model(src, tgt)
+    assert logits.shape == (BATCH, 5, cfg.tgt_vocab) and torch.isfinite(logits).all()
+    F.cross_entropy(logits.flatten(0, 1), torch.randint(3, cfg.tgt_vocab, (BATCH * 5,))).backward()
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trained if p.grad is None or not p.grad.any()]
+    assert not missing, f"no gradient for {missing}"
+    assert all(torch.isfinite(p.grad).all() for _, p in trained)
+
+
+@pytest.mark.parametrize("name", SEQUENCE_MODELS)
+def test_sequence_model_attention_is_recorded_without_changing_the_output(name):
+    model, src, tgt, _ = build_sequence(name)
+    model.eval()
+    modules = [n for n, m in model.named_modules() if isinstance(m, AttentionBase)]
+    with torch.no_grad():
+        fused = model(src, tgt)
+        with record_attention(model) as rec:
+            recorded = model(src, tgt)
+    torch.testing.assert_close(recorded, fused, rtol=0, atol=1e-5)
+    assert sorted(rec.maps) == sorted(modules) and modules

@@ -27,6 +27,7 @@ class ModelEntry:
     std: tuple[float, ...] = HALF
     tags: tuple[str, ...] = field(default=())
     tiny: dict = field(default_factory=dict)  # options that shrink it to a smoke-test size (tests, docs)
+    inputs: str = "image"            # what forward takes: 'image' (B, C, H, W), or 'tokens' (source and target ids)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -50,8 +50,9 @@ def run(args) -> int:
     rows = []
     for name in list_models(args.pattern, family=args.family):
         entry, cfg = get_entry(name), get_entry(name).config
-        rows.append({"name": name, "family": entry.family, "params": count_parameters(name),
-                     "img_size": getattr(cfg, "img_size", None), "num_classes": getattr(cfg, "num_classes", None)})
+        rows.append({"name": name, "family": entry.family, "params": count_parameters(name), "inputs": entry.inputs,
+                     "img_size": getattr(cfg, "img_size", None),
+                     "num_classes": getattr(cfg, "num_classes", getattr(cfg, "tgt_vocab", None))})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -61,6 +62,7 @@ def run(args) -> int:
     width, fam = max(len(r["name"]) for r in rows), max(6, *(len(r["family"]) for r in rows))
     print(f"{'model':<{width}}  {'family':<{fam}}  {'params':>13}  {'input':>7}  classes")
     for r in rows:
-        size = r["img_size"] if isinstance(r["img_size"], int) else "×".join(map(str, r["img_size"] or ()))
+        size = r["img_size"] if isinstance(r["img_size"], int) else "×".join(map(str, r["img_size"] or ())) \
+            if r["inputs"] == "image" else r["inputs"]
         print(f"{r['name']:<{width}}  {r['family']:<{fam}}  {r['params']:>13,}  {size:>7}  {r['num_classes']}")
     return 0

@@ -148,6 +148,29 @@ class AttentionRecorder:
         self.maps.setdefault(name, []).append(weights)
 
 
+class KVCache:
+    """One attention layer's keys and values, (B, H, N, hd) each, kept between decoding steps."""
+
+    def __init__(self):
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new positions' keys and values; returns all of them."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+    def select(self, index: Tensor) -> None:
+        """Keep the batch rows `index` (in that order): beam search reorders its hypotheses so."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
 class AttentionBase(nn.Module):
     """Shared projection-out and recording logic of every attention module in every model."""
 
@@ -187,13 +210,18 @@ class Attention(AttentionBase):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
-                causal: bool = False, n_queries: int | None = None) -> Tensor:
+                causal: bool = False, n_queries: int | None = None, cache: KVCache | None = None) -> Tensor:
         """x: (B, N, D) → (B, N, D), or (B, n_queries, D) for only the first n_queries tokens' outputs (each
-        still attends to all N keys: what a head that reads only the [CLS] token needs of the last block)."""
+        still attends to all N keys: what a head that reads only the [CLS] token needs of the last block).
+
+        cache: incremental decoding. x holds only the new tokens; their keys and values are appended to the
+        cache's, and they attend to all of them (causal aligns them to the end)."""
         B, N, _ = x.shape
         if n_queries is None:
             qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+            if cache is not None:
+                k, v = cache.append(k, v)
             return self._attend(q, k, v, mask, bias, causal)
         if causal:
             raise ValueError("n_queries takes the first tokens as queries; a causal mask needs all of them")
@@ -217,13 +245,21 @@ class CrossAttention(AttentionBase):
         self.kv = nn.Linear(context_dim or dim, dim * 2, bias=qkv_bias)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None, bias: Tensor | None = None,
-                causal: bool = False) -> Tensor:
-        """x: (B, Nq, D), context: (B, Nk, Dc) → (B, Nq, D)."""
+                causal: bool = False, cache: KVCache | None = None) -> Tensor:
+        """x: (B, Nq, D), context: (B, Nk, Dc) → (B, Nq, D).
+
+        cache: the context's keys and values are computed on the first call and reused after (decoding: the
+        context, an encoder's output, does not change between steps)."""
         B, Nq, _ = x.shape
-        Nk = context.shape[1]
         q = self.q(x).reshape(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Nq, hd)
-        kv = self.kv(context).reshape(B, Nk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)  # each (B, H, Nk, hd)
+        if cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v
+        else:
+            Nk = context.shape[1]
+            kv = self.kv(context).reshape(B, Nk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)  # each (B, H, Nk, hd)
+            if cache is not None:
+                cache.k, cache.v = k, v
         return self._attend(q, k, v, mask, bias, causal)
 
 
