@@ -14,7 +14,7 @@ from pathlib import Path
 
 @dataclass
 class TrainConfig:
-    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino', 'mim'
+    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino', 'mim'; 'seq2seq'
     model: str | None = None             # registered model name (default: the --init file's, else one that fits the data)
     init: str | None = None              # start from this checkpoint: vitkit, timm, Hugging Face folder, torchvision, JAX npz
     data: str = "digits"                 # embedded set ('digits', 'mnist'), an image folder, or a folder with train/ and val/
@@ -29,6 +29,7 @@ class TrainConfig:
     accum_steps: int | None = None       # micro-batches per step over all processes, a multiple of their number (default: one each)
     optimizer: str = "adamw"             # 'adamw' or 'sgd' (momentum 0.9, Nesterov)
     lr: float | None = None              # peak learning rate after warm-up (default: 2e-3; 5e-4 with --init)
+    schedule: str = "cosine"             # 'cosine' (warm-up, then cosine to lr · min_lr_ratio) or 'noam' (warm-up, then 1/√step)
     min_lr_ratio: float = 0.01           # cosine decays to lr · min_lr_ratio
     warmup_epochs: float = 3.0           # linear warm-up from 0 to lr
     weight_decay: float = 0.05           # decoupled weight decay; never on norms, biases, position embeddings or tokens
@@ -70,7 +71,7 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         """--name, or "<model>-<data>" from the flags alone (the --init file's stem stands for its model)."""
-        model = self.model or (Path(self.init).stem if self.init else default_model(self.data))
+        model = self.model or (Path(self.init).stem if self.init else default_model(self.data, objective_name(self)))
         return self.name or f"{model}-{self.data.rstrip('/').split('/')[-1]}"
 
     @property
@@ -81,7 +82,7 @@ class TrainConfig:
 # Fields that say how a run executes, not what it computes: they may differ when a run is resumed.
 RUNTIME_FIELDS = {"device", "threads", "progress", "num_workers", "runs_dir", "tensorboard", "epochs", "fsdp"}
 
-CHOICES = {"objective": (None, "classify", "distill", "mae", "dino", "mim"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
+CHOICES = {"objective": (None, "classify", "distill", "mae", "dino", "mim", "seq2seq"), "schedule": ("cosine", "noam"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
            "train_crop": (None, "shift", "rrc", "none"), "distill": ("soft", "hard"), "recipe": (None, "deit")}
 
 # The augmentation a data source gets for every field the user and the recipe leave unset.
@@ -95,7 +96,9 @@ RECIPES = {"deit": dict(rand_magnitude=9.0, mixup=0.8, cutmix=1.0, erase=0.25, l
                         ema=0.99996)}
 
 
-def default_model(data: str) -> str:
+def default_model(data: str, objective: str | None = None) -> str:
+    if objective == "seq2seq":
+        return "transformer_small"
     return {"digits": "vit_pico_patch2_8", "mnist": "vit_pico_patch4_28"}.get(data, "vit_tiny_patch16_224")
 
 
@@ -108,7 +111,7 @@ def resolve(cfg: TrainConfig, *, embedded: bool, init_model: str | None = None) 
     validate(cfg)
     values: dict = {}
     values["objective"] = objective_name(cfg)
-    values["model"] = cfg.model or init_model or default_model(cfg.data)
+    values["model"] = cfg.model or init_model or default_model(cfg.data, values["objective"])
     values["lr"] = cfg.lr if cfg.lr is not None else (5e-4 if cfg.init else 2e-3)
     recipe = RECIPES.get(cfg.recipe or "", {})
     data_defaults = EMBEDDED_DEFAULTS if embedded else FOLDER_DEFAULTS

@@ -205,7 +205,7 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
     else:
         n_params = sum(p.numel() for p in model.parameters())
         say(f"training {cfg.model} ({n_params:,} parameters), objective {cfg.objective}, on {cfg.data}: "
-            f"{objective.describe()}; {cfg.epochs} epochs of {plan.steps} steps ({cfg.batch_size} images each, "
+            f"{objective.describe()}; {cfg.epochs} epochs of {plan.steps} steps ({cfg.batch_size} samples each, "
             f"{micro} micro-batch(es) of {plan.micro_size}) on {device}"
             + (f", {procs.world} processes" + (" (FSDP2)" if cfg.fsdp else " (DDP)") if procs.world > 1 else ""))
     if main:
@@ -223,7 +223,7 @@ def _run(cfg, model, ckpt, init, overwrite, device, procs, on_epoch_end, say) ->
         sums, data_s, waited = {}, 0.0, time.perf_counter()
         for i, micro_batches in enumerate(_grouped(loader, plan.local_micro)):
             data_s += time.perf_counter() - waited  # the loop stood waiting for the loader
-            lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio)
+            lr = cfg.lr * lr_factor(step, total_steps, warmup_steps, cfg.min_lr_ratio, cfg.schedule)
             set_lr(opt, lr)
             if cfg.weight_decay_end is not None:
                 set_weight_decay(opt, cosine(step, total_steps, cfg.weight_decay, cfg.weight_decay_end))

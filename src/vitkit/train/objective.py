@@ -94,7 +94,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 
 
 def get_objective(name: str) -> type[Objective]:
-    from . import classify, dino, distill, mae, mim  # noqa: F401  (they register themselves)
+    from . import classify, dino, distill, mae, mim, seq2seq  # noqa: F401  (they register themselves)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; the known ones are {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[name]

@@ -104,8 +104,19 @@ def cosine(step: int, total_steps: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
-    """Linear warm-up from 0 to 1 over `warmup_steps`, then cosine from 1 down to `min_ratio`."""
+def noam(step: int, warmup_steps: int) -> float:
+    """The Transformer paper's schedule (Vaswani et al., 2017, eq. 3) over its own peak: min(s / w, √(w / s)) for
+    step s = step + 1, so 1 at s = w. The paper's rate is d^-0.5 · min(s^-0.5, s · w^-1.5), which is this times
+    the peak d^-0.5 · w^-0.5 (7.0e-4 for d = 512, w = 4000)."""
+    s, w = step + 1, max(1, warmup_steps)
+    return min(s / w, math.sqrt(w / s))
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0, schedule: str = "cosine") -> float:
+    """Linear warm-up from 0 to 1 over `warmup_steps`, then cosine from 1 down to `min_ratio`; or, for
+    schedule 'noam', the Transformer's warm-up then inverse square root (noam)."""
+    if schedule == "noam":
+        return noam(step, warmup_steps)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))

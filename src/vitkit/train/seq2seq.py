@@ -1,0 +1,119 @@
+"""The sequence-to-sequence objective: an encoder–decoder Transformer on the one trainer.
+
+    vitkit train --objective seq2seq --data copy --epochs 10 --schedule noam        # transformer_small by default
+    vitkit train --objective seq2seq --data reverse
+    vitkit train --objective seq2seq --data pairs.tsv                               # 'source<TAB>target' lines
+
+--data names a synthetic task (data/sequences.py: `copy`, `reverse`; --train-size sequences, default 10,000,
+and 1,000 fresh ones to validate) or a text file of pairs (its vocabulary, built from the training lines, is
+saved in the run's record, so `vitkit decode` reads words). Teacher forcing: the decoder reads BOS + the target
+and predicts the target + EOS; the loss is cross-entropy with label smoothing (--label-smoothing, default the
+paper's 0.1) spread over the vocabulary except padding, and padded positions are not trained on.
+
+    val_exact      share of validation sequences that greedy decoding reproduces exactly (picks best)
+    val_token_acc  share of target tokens predicted right under teacher forcing
+    val_nll        cross-entropy per target token, unsmoothed
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor, nn
+
+from ..data import sequences as seq
+from ..generate import greedy
+from ..registry import create_model, model_config
+from .objective import Objective, register_objective
+
+TRAIN_KEY, VAL_KEY = 0x5452, 0x5641  # "TR", "VA": synthetic sequences of the two splits never share a stream
+TASK_SIZE, VAL_SIZE = 10_000, 1_000
+
+
+def smoothed_cross_entropy(logits: Tensor, target: Tensor, smoothing: float, pad_id: int) -> Tensor:
+    """Mean over the non-padding targets of -Σ_j q_j log p_j, where q puts 1 - ε on the target, ε / (V - 2) on
+    every other token but padding, and 0 on padding (the Annotated Transformer's LabelSmoothing; its KL
+    divergence differs from this by the entropy of q, a constant)."""
+    logp = logits.float().log_softmax(-1)  # (..., V)
+    nll = -logp.gather(-1, target[..., None]).squeeze(-1)
+    if smoothing:
+        others = -logp.sum(-1) + logp[..., pad_id] - nll  # Σ over tokens that are neither padding nor the target
+        nll = (1 - smoothing) * nll + smoothing / (logp.shape[-1] - 2) * others
+    return nll[target != pad_id].mean()
+
+
+@register_objective
+class Seq2Seq(Objective):
+    name = "seq2seq"
+    score = "val_exact"
+
+    def __init__(self, cfg, device, log, init=None):
+        super().__init__(cfg, device, log, init)
+        self.vocab: seq.Vocabulary | None = None
+        if cfg.data in seq.TASKS:
+            size = cfg.train_size or TASK_SIZE
+            self.train_set = seq.SyntheticTask(cfg.data, size, cfg.seed, TRAIN_KEY)
+            self.val_set = seq.SyntheticTask(cfg.data, VAL_SIZE, cfg.seed, VAL_KEY)
+            vocab_size, src_len, tgt_len = self.train_set.vocab_size, self.train_set.max_len, self.train_set.max_len + 2
+            self.record = {"task": cfg.data}
+        else:
+            pairs = seq.read_pairs(cfg.data)
+            random.Random(cfg.seed).shuffle(pairs)
+            n_val = max(1, round(cfg.val_fraction * len(pairs)))
+            train, val = pairs[n_val:], pairs[:n_val]
+            if cfg.train_size:
+                train = train[:cfg.train_size]
+            self.vocab = seq.Vocabulary.from_texts([t for pair in train for t in pair])
+            src_len = max(len(s.split()) for s, _ in pairs)
+            tgt_len = max(len(t.split()) for _, t in pairs) + 2
+            self.train_set = seq.TextPairs(train, self.vocab, src_len, tgt_len)
+            self.val_set = seq.TextPairs(val, self.vocab, src_len, tgt_len)
+            vocab_size = len(self.vocab)
+            self.record = {"task": "text", "vocab": self.vocab.tokens}
+        self.tgt_len = tgt_len
+        self.model_name = cfg.model
+        base = {**(init.overrides if init and init.model_name == cfg.model else {}), **cfg.model_overrides}
+        mcfg = model_config(cfg.model, **base)
+        self.model_overrides = {**base, "src_vocab": vocab_size, "tgt_vocab": vocab_size,
+                                "max_len": max(mcfg.max_len, src_len, tgt_len)}
+        self.record.update(src_len=src_len, tgt_len=tgt_len)
+
+    def describe(self) -> str:
+        what = f"the {self.cfg.data} task" if "vocab" not in self.record else f"pairs of {self.cfg.data}"
+        return (f"{len(self.train_set)} train / {len(self.val_set)} val sequences of {what}, vocabulary "
+                f"{self.model_overrides['tgt_vocab']}")
+
+    def build_model(self) -> nn.Module:
+        model = create_model(self.model_name, **self.model_overrides)
+        if self.init is not None:
+            model.load_state_dict(self.init.state)
+            self.log(f"initialised from {self.init.source_path} ({self.init.source}, {self.init.model_name})")
+        return model.train()
+
+    def loss(self, model, batch, gen):
+        src, tgt = batch
+        logits = model(src, tgt[:, :-1])
+        return smoothed_cross_entropy(logits, tgt[:, 1:], self.cfg.label_smoothing, seq.PAD), {}
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, procs):
+        raw = getattr(model, "module", model)
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(5, dtype=torch.float64)  # nll · tokens, correct tokens, tokens, exact, sequences
+        for src, tgt in loader:
+            src, tgt = src.to(self.device), tgt.to(self.device)
+            target = tgt[:, 1:]
+            logits = model(src, tgt[:, :-1]).float()
+            real = target != seq.PAD
+            n = int(real.sum())
+            nll = smoothed_cross_entropy(logits, target, 0.0, seq.PAD).item()
+            correct = ((logits.argmax(-1) == target) & real).sum().item()
+            out = greedy(raw, src, target.shape[1])
+            out = torch.nn.functional.pad(out, (0, target.shape[1] - out.shape[1]), value=seq.PAD)
+            exact = (out == target).all(dim=1).sum().item()
+            sums += torch.tensor([nll * n, correct, n, exact, len(src)], dtype=torch.float64)
+        model.train(was_training)
+        procs.all_reduce(sums)
+        return {"val_exact": float(sums[3] / sums[4]), "val_token_acc": float(sums[1] / sums[2]),
+                "val_nll": float(sums[0] / sums[2])}

@@ -1,0 +1,117 @@
+"""The seq2seq objective on the one trainer: its data, label smoothing, the Noam schedule, training and resume."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitkit.data import sequences as seq
+from vitkit.data.datasets import DataError
+from vitkit.train import TrainConfig, train
+from vitkit.train.optim import lr_factor, noam
+from vitkit.train.seq2seq import smoothed_cross_entropy
+from vitkit.weights import load_checkpoint
+
+TINY = dict(d_model=32, num_heads=2, d_ff=64, encoder_layers=1, decoder_layers=1)
+
+
+def test_smoothing_spreads_epsilon_over_the_vocabulary_except_padding():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 7, generator=g)
+    target = torch.tensor([[3, 4, 0, 0], [5, 6, 2, 0], [1, 2, 3, 4]])
+    eps = 0.1
+    q = torch.full((3, 4, 7), eps / 5)  # V - 2 = 5 tokens share ε: all but the target and padding
+    q.scatter_(-1, target[..., None], 1 - eps)
+    q[..., 0] = 0.0
+    per_token = -(q * logits.log_softmax(-1)).sum(-1)
+    want = per_token[target != 0].mean()
+    torch.testing.assert_close(smoothed_cross_entropy(logits, target, eps, 0), want)
+    torch.testing.assert_close(smoothed_cross_entropy(logits, target, 0.0, 0),
+                               F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0))
+    assert abs(float(q[target != 0].sum(-1).mean()) - 1) < 1e-6  # q is a distribution on the real targets
+
+
+def test_noam_is_the_paper_s_rate_over_its_peak():
+    d, w = 512, 4000
+    peak = d ** -0.5 * w ** -0.5
+    for step in (0, 1, 99, 3999, 4000, 20_000, 100_000):
+        s = step + 1
+        paper = d ** -0.5 * min(s ** -0.5, s * w ** -1.5)
+        assert math.isclose(peak * noam(step, w), paper, rel_tol=1e-12)
+    assert noam(w - 1, w) == 1.0 and lr_factor(w - 1, 10 * w, w, schedule="noam") == 1.0
+    assert math.isclose(peak, 7.0e-4, rel_tol=0.02)
+
+
+def test_the_synthetic_tasks_copy_and_reverse_and_never_share_sequences_between_splits():
+    copy = seq.SyntheticTask("copy", 50, 0, 1)
+    rev = seq.SyntheticTask("reverse", 50, 0, 1)
+    for i in range(50):
+        src, tgt = copy[i]
+        n = int((src != seq.PAD).sum())
+        assert 1 <= n <= 10 and src.shape == (10,) and tgt.shape == (12,)
+        assert tgt[0] == seq.BOS and tgt[n + 1] == seq.EOS and torch.equal(tgt[1:n + 1], src[:n])
+        r_src, r_tgt = rev[i]
+        assert torch.equal(r_src, src) and torch.equal(r_tgt[1:n + 1], src[:n].flip(0))
+        assert (src[:n] >= 3).all() and (src[:n] < 11).all()
+    other = seq.SyntheticTask("copy", 50, 0, 2)
+    assert any(not torch.equal(copy[i][0], other[i][0]) for i in range(50))
+    assert torch.equal(copy[(7, (0,))][0], copy[7][0])  # the runtime asks for (index, key)
+
+
+def test_text_pairs_build_a_vocabulary_and_name_a_bad_line(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a b c\tc b a\n\nb c\tc b\n")
+    pairs = seq.read_pairs(path)
+    vocab = seq.Vocabulary.from_texts([t for p in pairs for t in p])
+    assert vocab.tokens[:4] == ["<pad>", "<bos>", "<eos>", "<unk>"] and len(vocab) == 7
+    ds = seq.TextPairs(pairs, vocab, 3, 5)
+    src, tgt = ds[0]
+    assert vocab.decode(src) == "a b c" and vocab.decode(tgt[1:]) == "c b a"
+    assert vocab.encode("a zebra") == [vocab.ids["a"], seq.UNK]
+    path.write_text("a b c\tc b a\nno tab here\n")
+    with pytest.raises(DataError, match=r"pairs.tsv:2 has no tab"):
+        seq.read_pairs(path)
+
+
+def s2s_cfg(tmp_path, name, epochs=2, data="copy", **kw):
+    return TrainConfig(objective="seq2seq", data=data, runs_dir=str(tmp_path), name=name, epochs=epochs,
+                       batch_size=32, train_size=256, progress=False, threads=1, schedule="noam", warmup_epochs=1,
+                       lr=3e-3, model_overrides=dict(TINY), **kw)
+
+
+def test_seq2seq_trains_the_copy_task_on_the_runtime_and_resumes_exactly(tmp_path):
+    first = train(s2s_cfg(tmp_path, "whole", epochs=3), log=lambda *_: None)
+    rows = first.metrics
+    assert all(0 <= r["val_exact"] <= 1 and 0 <= r["val_token_acc"] <= 1 for r in rows)
+    assert rows[-1]["val_nll"] < rows[0]["val_nll"] < math.log(11)  # learning, and better than uniform
+    ckpt = load_checkpoint(first.run_dir / "best.safetensors")
+    assert ckpt.model_name == "transformer_small" and ckpt.overrides["tgt_vocab"] == 11
+
+    def stop(row):  # a kill after epoch 1 of 3
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(s2s_cfg(tmp_path, "halves", epochs=3), on_epoch_end=stop, log=lambda *_: None)
+    train(s2s_cfg(tmp_path, "halves", epochs=3), resume=True, log=lambda *_: None)
+    a, b = (load_checkpoint(tmp_path / n / "last.safetensors") for n in ("whole", "halves"))
+    assert max((a.state[k] - b.state[k]).abs().max().item() for k in a.state) == 0.0
+
+
+def test_seq2seq_reads_a_text_file_and_saves_its_vocabulary(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    words = "the cat sat on a mat dog ran".split()
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for _ in range(120):
+        n = int(torch.randint(1, 5, (1,), generator=g))
+        src = [words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g)]
+        lines.append(" ".join(src) + "\t" + " ".join(reversed(src)))
+    path.write_text("\n".join(lines) + "\n")
+    run = train(TrainConfig(objective="seq2seq", data=str(path), runs_dir=str(tmp_path), name="text", epochs=1,
+                            batch_size=16, progress=False, threads=1, model_overrides=dict(TINY)),
+                log=lambda *_: None)
+    record = load_checkpoint(run.run_dir / "best.safetensors").data
+    assert record["task"] == "text" and record["vocab"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
+    assert set(words) <= set(record["vocab"])
