@@ -115,3 +115,61 @@ def test_seq2seq_reads_a_text_file_and_saves_its_vocabulary(tmp_path):
     record = load_checkpoint(run.run_dir / "best.safetensors").data
     assert record["task"] == "text" and record["vocab"][:4] == ["<pad>", "<bos>", "<eos>", "<unk>"]
     assert set(words) <= set(record["vocab"])
+
+
+# ---- Bahdanau's RNN with additive attention ------------------------------------------------------------------------
+def test_additive_attention_is_v_tanh_ws_plus_uh_with_padding_masked():
+    from vitkit.models.rnn import AdditiveAttention
+    torch.manual_seed(0)
+    attn = AdditiveAttention(4, 6, 5)
+    s, h = torch.randn(2, 4), torch.randn(2, 3, 6)
+    mask = torch.tensor([[True, True, True], [True, True, False]])[:, None, None, :]
+    context, weights = attn(s, h, mask)
+    for b in range(2):
+        e = torch.stack([attn.v(torch.tanh(attn.W(s[b]) + attn.U(h[b, j]))).squeeze() for j in range(3)])
+        if b == 1:
+            e[2] = float("-inf")
+        alpha = e.softmax(0)
+        torch.testing.assert_close(weights[b], alpha)
+        torch.testing.assert_close(context[b], (alpha[:, None] * h[b]).sum(0))
+    assert weights[1, 2] == 0
+
+
+def test_the_rnn_decodes_like_the_transformer_does():
+    import vitkit
+    from vitkit.generate import beam_search, greedy
+    torch.manual_seed(0)
+    model = vitkit.create_model("rnn_bahdanau", embed_dim=16, hidden=16, attn_dim=16).eval()
+    src = torch.randint(3, 11, (4, 7))
+    src[2, 4:] = 0
+    out = greedy(model, src, 9)
+    assert torch.equal(out, greedy(model, src, 9, cache=False))
+    assert torch.equal(beam_search(model, src, 9, beam=1), out)
+    assert torch.equal(beam_search(model, src, 9, beam=3), beam_search(model, src, 9, beam=3, cache=False))
+    alone = greedy(model, src[2:3, :4], 9)
+    assert torch.equal(out[2, :alone.shape[1]], alone[0])  # padding changes nothing
+    weights = model.align(src, torch.randint(3, 11, (4, 5)))
+    assert weights.shape == (4, 5, 7) and torch.allclose(weights.sum(-1), torch.ones(4, 5))
+    assert (weights[2, :, 4:] == 0).all()
+
+
+def test_alignment_on_source_scores_a_perfect_anti_diagonal_as_one():
+    from vitkit.train.seq2seq import alignment_on_source
+    src = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0]])
+    weights = torch.zeros(2, 5, 4)
+    for b, n in enumerate((3, 2)):
+        weights[b, torch.arange(n), torch.arange(n - 1, -1, -1)] = 1.0
+    assert alignment_on_source(weights, src, "reverse") == {"mass_on_source_position": 1.0,
+                                                            "argmax_on_source_position": 1.0}
+    assert alignment_on_source(weights, src, "copy")["mass_on_source_position"] == pytest.approx(1 / 5)
+
+
+def test_a_bahdanau_run_writes_its_alignment(tmp_path):
+    cfg = TrainConfig(objective="seq2seq", model="rnn_bahdanau", data="reverse", runs_dir=str(tmp_path), name="r",
+                      epochs=1, batch_size=32, train_size=128, progress=False, threads=1,
+                      model_overrides=dict(embed_dim=16, hidden=16, attn_dim=16))
+    run = train(cfg, log=lambda *_: None)
+    import json
+    figures = json.loads((run.run_dir / "alignment.json").read_text())
+    assert 0 <= figures["mass_on_source_position"] <= 1 and figures["model"] == "rnn_bahdanau"
+    assert (run.run_dir / "alignment.png").stat().st_size > 5_000

@@ -99,3 +99,23 @@ def plot_filters(filters: Tensor, cols: int = 7) -> Figure:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
     fig.tight_layout()
     return fig
+
+
+def plot_alignment(weights: Tensor, source: list[str], target: list[str], title: str = "") -> Figure:
+    """The alignment matrix as the attention papers draw it: target tokens down, source tokens across, each cell
+    the weight token i gave to source position j (Bahdanau et al., 2015, Figure 3). weights: (T, S)."""
+    T, S = weights.shape
+    fig = _figure((0.45 * S + 1.6, 0.45 * T + 1.2))
+    ax = fig.subplots()
+    im = ax.imshow(weights.detach().float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks(range(S), source, rotation=90)
+    ax.set_yticks(range(T), target)
+    ax.set_xlabel("source")
+    ax.set_ylabel("target")
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    fig.colorbar(im, ax=ax, shrink=0.8, label="attention weight")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

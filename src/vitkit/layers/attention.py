@@ -114,6 +114,18 @@ def attend(
         return AttentionResult(out, None)
 
     scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, Nq, Nk)
+    return attend_scores(scores, v, mask=mask, dropout_p=dropout_p, logits_hook=logits_hook,
+                         weights_hook=weights_hook)
+
+
+def attend_scores(scores: Tensor, v: Tensor, *, mask: Tensor | None = None, dropout_p: float = 0.0,
+                  logits_hook: Callable[[Tensor], Tensor] | None = None,
+                  weights_hook: Callable[[Tensor], Tensor] | None = None) -> AttentionResult:
+    """The second half of attention, for scores computed any way: masked softmax, then the weighted sum of v.
+
+    scores: (..., Nq, Nk); v: (..., Nk, Dv); mask as attend takes it. attend's explicit path ends here, and so
+    does additive (Bahdanau) attention, whose scores are vᵀ tanh(W·s + U·h) rather than a dot product: one
+    masking rule, one softmax, one answer for a query with no key (zero weights), whatever scored it."""
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -121,7 +133,7 @@ def attend(
             scores = scores + mask.to(scores.dtype)  # as the fused path: a merged mask is float32
     if logits_hook is not None:
         scores = logits_hook(scores)
-    dead = (scores == float("-inf")).all(dim=-1, keepdim=True)  # (B, H, Nq, 1): no key allowed
+    dead = (scores == float("-inf")).all(dim=-1, keepdim=True)  # (..., Nq, 1): no key allowed
     weights = scores.masked_fill(dead, 0.0).softmax(dim=-1).masked_fill(dead, 0.0)
     if weights_hook is not None:
         weights = weights_hook(weights)

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from ..layers import Attention, CrossAttention, KVCache, Mlp, sincos_1d
@@ -195,6 +196,15 @@ class Transformer(nn.Module):
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Source ids (B, S), target ids (B, T) (teacher forcing: BOS + the sequence) → logits (B, T, tgt_vocab)."""
         return self.generator(self.decode(tgt, self.encode(src)))
+
+    @torch.no_grad()
+    def align(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """The last decoder layer's cross-attention under teacher forcing, averaged over heads: (B, T, S)."""
+        from ..layers import record_attention
+        name = f"decoder.{len(self.decoder) - 1}.cross_attn"
+        with record_attention(self, [name]) as rec:
+            self(src, tgt)
+        return rec.maps[name][0].mean(dim=1)
 
 
 # ---- variants ---------------------------------------------------------------------------------------------------

@@ -13,15 +13,24 @@ paper's 0.1) spread over the vocabulary except padding, and padded positions are
     val_exact      share of validation sequences that greedy decoding reproduces exactly (picks best)
     val_token_acc  share of target tokens predicted right under teacher forcing
     val_nll        cross-entropy per target token, unsmoothed
+
+After the last epoch the run folder gets alignment.png (the alignment matrix of a validation sequence: the
+Bahdanau model's additive attention, or the Transformer's last cross-attention averaged over heads) and
+alignment.json: for the synthetic tasks, the mean weight each target token puts on the source position it
+copies (copy: the same position; reverse: the mirrored one), and how often that position has the largest weight.
 """
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..data import sequences as seq
+from ..explain.plots import plot_alignment
 from ..generate import greedy
 from ..registry import create_model, model_config
 from .objective import Objective, register_objective
@@ -117,3 +126,44 @@ class Seq2Seq(Objective):
         procs.all_reduce(sums)
         return {"val_exact": float(sums[3] / sums[4]), "val_token_acc": float(sums[1] / sums[2]),
                 "val_nll": float(sums[0] / sums[2])}
+
+    def finish(self, model, run_dir: Path) -> None:
+        raw = getattr(model, "module", model)
+        was_training = raw.training
+        raw.eval()
+        src, tgt = next(iter(DataLoader(self.val_set, batch_size=256)))
+        weights = raw.align(src.to(self.device), tgt[:, :-1].to(self.device)).float().cpu()  # (B, T, S)
+        raw.train(was_training)
+        result = {"model": self.model_name, "sequences": len(src)}
+        if self.record["task"] in seq.TASKS:
+            result.update(alignment_on_source(weights, src, self.record["task"]))
+            self.log(f"alignment: target tokens put {result['mass_on_source_position']:.3f} of their attention on the "
+                     f"source position they {self.record['task']} (the largest weight there for "
+                     f"{result['argmax_on_source_position']:.3f} of them)")
+        (run_dir / "alignment.json").write_text(json.dumps(result, indent=2) + "\n")
+        i = int((src != seq.PAD).sum(1).argmax())  # the longest sequence of the batch
+        n, m = int((src[i] != seq.PAD).sum()), int((tgt[i, 1:] != seq.PAD).sum())
+        words = self._words
+        fig = plot_alignment(weights[i, :m, :n], words(src[i, :n]), words(tgt[i, 1:m + 1]),
+                             f"{self.model_name} on a held-out {self.record['task']} sequence")
+        fig.savefig(run_dir / "alignment.png", dpi=100)
+
+    def _words(self, ids: Tensor) -> list[str]:
+        if self.vocab is not None:
+            return [self.vocab.tokens[int(i)] for i in ids]
+        return ["<eos>" if int(i) == seq.EOS else chr(ord("a") + int(i) - 3) for i in ids]
+
+
+def alignment_on_source(weights: Tensor, src: Tensor, task: str) -> dict[str, float]:
+    """weights (B, T, S) of target tokens over source positions; for each real target token i of n (EOS
+    excluded), the position it copies is i (copy) or n - 1 - i (reverse). Returns the mean weight there and the
+    share of tokens whose largest weight is there."""
+    mass, hits, count = 0.0, 0, 0
+    for b in range(len(src)):
+        n = int((src[b] != seq.PAD).sum())
+        expected = torch.arange(n) if task == "copy" else torch.arange(n - 1, -1, -1)
+        w = weights[b, :n]  # (n, S): the n tokens before EOS
+        mass += float(w[torch.arange(n), expected].sum())
+        hits += int((w.argmax(-1) == expected).sum())
+        count += n
+    return {"mass_on_source_position": mass / count, "argmax_on_source_position": hits / count}
