@@ -14,7 +14,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("command", [None, "models", "train", "eval", "predict", "data", "convert", "export", "cost", "explain", "bench"])
+@pytest.mark.parametrize("command", [None, "models", "train", "eval", "predict", "data", "convert", "export", "cost", "explain", "bench", "decode", "caption"])
 def test_every_command_has_help(capsys, command):
     with pytest.raises(SystemExit) as exit_:
         main(([command] if command else []) + ["--help"])
@@ -34,7 +34,9 @@ def test_models_lists_parameter_counts(capsys):
     assert "vit_base_patch32_224" not in out
     code, out, _ = run(capsys, "models", "vit_small_patch16_224", "--json")
     assert json.loads(out) == [{"name": "vit_small_patch16_224", "family": "vit", "params": 22050664,
-                                "img_size": 224, "num_classes": 1000}]
+                                "inputs": "image", "img_size": 224, "num_classes": 1000}]
+    code, out, _ = run(capsys, "models", "transformer_small")
+    assert code == 0 and "tokens" in out and "927,115" in out
 
 
 def test_train_eval_predict_round_trip(capsys, tmp_path):

@@ -60,7 +60,7 @@ def build(name: str) -> tuple[torch.nn.Module, torch.Tensor, dict]:
 # own tests (tests/test_mae.py). Sequence models (inputs='tokens') get the checks that apply to them, below.
 MODELS = [n for n in vitkit.list_models() if "pretraining" not in vitkit.get_entry(n).tags
           and vitkit.get_entry(n).inputs == "image"]
-SEQUENCE_MODELS = [n for n in vitkit.list_models() if vitkit.get_entry(n).inputs == "tokens"]
+SEQUENCE_MODELS = [n for n in vitkit.list_models() if vitkit.get_entry(n).inputs in ("tokens", "image+tokens")]
 
 
 def test_registry_is_not_empty():
@@ -227,28 +227,36 @@ def test_no_graph_breaks_under_torch_compile(name):
         assert explained.graph_count == 1
 
 
-# ---- sequence models: source and target ids in, logits over the target vocabulary out -------------------------------
+# ---- sequence models: source ids or an image, and target ids, in; logits over the target vocabulary out ------------
 def build_sequence(name: str):
+    """The tiny model, its source (ids (B, 7) with one padded row, or images), target ids (B, 5), and the size of
+    its target vocabulary."""
     over = tiny_overrides(name)
     cfg = vitkit.model_config(name, **over)
     torch.manual_seed(0)
-    src = torch.randint(3, cfg.src_vocab, (BATCH, 7))
-    tgt = torch.randint(3, cfg.tgt_vocab, (BATCH, 5))
-    src[1, 5:] = tgt[1, 4:] = cfg.pad_id  # one padded sequence in each
-    return vitkit.create_model(name, **over), src, tgt, cfg
+    vocab = cfg.tgt_vocab if hasattr(cfg, "tgt_vocab") else cfg.vocab  # a captioner's one vocabulary: `vocab`
+    if vitkit.get_entry(name).inputs == "tokens":
+        src = torch.randint(3, cfg.src_vocab, (BATCH, 7))
+        src[1, 5:] = cfg.pad_id
+    else:
+        src = torch.randn(BATCH, cfg.in_chans, *cfg.img_size)
+    tgt = torch.randint(3, vocab, (BATCH, 5))
+    tgt[1, 4:] = cfg.pad_id
+    return vitkit.create_model(name, **over), src, tgt, vocab
 
 
 def test_there_are_sequence_models():
-    assert {"transformer_base", "transformer_small"} <= set(SEQUENCE_MODELS)
+    assert {"transformer_base", "transformer_small", "rnn_bahdanau", "caption_vit_pico_patch4",
+            "caption_show_attend_tell"} <= set(SEQUENCE_MODELS)
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)
 def test_sequence_model_forward_backward_and_every_parameter_gets_a_gradient(name):
-    model, src, tgt, cfg = build_sequence(name)
+    model, src, tgt, vocab = build_sequence(name)
     model.train()
     logits = model(src, tgt)
-    assert logits.shape == (BATCH, 5, cfg.tgt_vocab) and torch.isfinite(logits).all()
-    F.cross_entropy(logits.flatten(0, 1), torch.randint(3, cfg.tgt_vocab, (BATCH * 5,))).backward()
+    assert logits.shape == (BATCH, 5, vocab) and torch.isfinite(logits).all()
+    F.cross_entropy(logits.flatten(0, 1), torch.randint(3, vocab, (BATCH * 5,))).backward()
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     missing = [n for n, p in trained if p.grad is None or not p.grad.any()]
     assert not missing, f"no gradient for {missing}"
@@ -266,4 +274,5 @@ def test_sequence_model_attention_is_recorded_without_changing_the_output(name):
             recorded = model(src, tgt)
     torch.testing.assert_close(recorded, fused, rtol=0, atol=1e-5)
     assert sorted(rec.maps) == sorted(modules)
-    assert bool(modules) == (vitkit.get_entry(name).family != "rnn")  # additive attention is not dot-product
+    additive = vitkit.get_entry(name).family == "rnn" or name == "caption_show_attend_tell"
+    assert bool(modules) != additive  # additive attention is not dot-product attention

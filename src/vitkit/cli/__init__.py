@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cost": ("cost", "parameters, FLOPs and attention memory of a model"),
     "explain": ("explain", "attention maps and embedding figures, with an HTML report"),
     "bench": ("bench", "images/s and peak memory for inference and a training step"),
+    "decode": ("decode", "decode sequences from standard input with a seq2seq checkpoint"),
+    "caption": ("caption", "caption images with a captioning checkpoint (greedy or beam search)"),
 }
 
 DESCRIPTION = """\

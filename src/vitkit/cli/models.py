@@ -52,7 +52,7 @@ def run(args) -> int:
         entry, cfg = get_entry(name), get_entry(name).config
         rows.append({"name": name, "family": entry.family, "params": count_parameters(name), "inputs": entry.inputs,
                      "img_size": getattr(cfg, "img_size", None),
-                     "num_classes": getattr(cfg, "num_classes", getattr(cfg, "tgt_vocab", None))})
+                     "num_classes": getattr(cfg, "num_classes", getattr(cfg, "tgt_vocab", getattr(cfg, "vocab", None)))})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -63,6 +63,6 @@ def run(args) -> int:
     print(f"{'model':<{width}}  {'family':<{fam}}  {'params':>13}  {'input':>7}  classes")
     for r in rows:
         size = r["img_size"] if isinstance(r["img_size"], int) else "×".join(map(str, r["img_size"] or ())) \
-            if r["inputs"] == "image" else r["inputs"]
+            if "image" in r["inputs"] else r["inputs"]
         print(f"{r['name']:<{width}}  {r['family']:<{fam}}  {r['params']:>13,}  {size:>7}  {r['num_classes']}")
     return 0

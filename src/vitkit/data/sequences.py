@@ -27,13 +27,20 @@ TASKS = ("copy", "reverse")
 
 
 class Vocabulary:
-    """Tokens ↔ ids; ids 0..2 are PAD, BOS, EOS, and UNK (id 3) stands for any token not in it."""
+    """Tokens ↔ ids; ids 0..2 are PAD, BOS, EOS. A text vocabulary has UNK at 3 for any token not in it; the
+    synthetic tasks' (symbols 'a', 'b', …) has none, and refuses a token it does not know."""
 
     def __init__(self, tokens: list[str]):
         if tuple(tokens[:3]) != SPECIALS:
             raise ValueError(f"a vocabulary starts with {', '.join(SPECIALS)}; got {tokens[:3]}")
         self.tokens = list(tokens)
         self.ids = {t: i for i, t in enumerate(self.tokens)}
+        self.unk = self.ids.get("<unk>")
+
+    @classmethod
+    def symbols(cls, n: int) -> Vocabulary:
+        """The synthetic tasks': the specials, then n symbols written a, b, c, … (ids 3 …)."""
+        return cls([*SPECIALS, *(chr(ord("a") + i) for i in range(n))])
 
     @classmethod
     def from_texts(cls, texts: list[str], min_count: int = 1) -> Vocabulary:
@@ -45,7 +52,13 @@ class Vocabulary:
         return len(self.tokens)
 
     def encode(self, text: str) -> list[int]:
-        return [self.ids.get(w, UNK) for w in text.split()]
+        if self.unk is None:
+            unknown = sorted({w for w in text.split() if w not in self.ids or self.ids[w] <= EOS})
+            if unknown:
+                raise ValueError(f"{', '.join(map(repr, unknown))} not in the vocabulary; its tokens are "
+                                 f"{' '.join(self.tokens[3:])}")
+            return [self.ids[w] for w in text.split()]
+        return [self.ids.get(w, self.unk) for w in text.split()]
 
     def decode(self, ids) -> str:
         """Ids up to the first EOS, specials left out."""
@@ -54,7 +67,7 @@ class Vocabulary:
             if i == EOS:
                 break
             if i > EOS:
-                out.append(self.tokens[i] if i < len(self.tokens) else "<unk>")
+                out.append(self.tokens[i] if i < len(self.tokens) else "<unk>")  # (an id past the end: unknown)
         return " ".join(out)
 
 
@@ -72,7 +85,8 @@ class SyntheticTask(Dataset):
             raise ValueError(f"unknown sequence task {task!r}; the tasks are {', '.join(TASKS)} (or a text file)")
         self.task, self.size, self.seed, self.key = task, size, seed, key
         self.symbols, self.min_len, self.max_len = symbols, min_len, max_len
-        self.vocab_size = 3 + symbols
+        self.vocab = Vocabulary.symbols(symbols)
+        self.vocab_size = len(self.vocab)
 
     def __len__(self) -> int:
         return self.size

@@ -59,10 +59,11 @@ class AdditiveAttention(nn.Module):
 
 
 class RNNState:
-    """The decoder's cache: its state s, the embedded previous token, the alignment so far, and U·h."""
+    """The decoder's cache: its state s (and an LSTM's cell c), U·h, and the attention weights of each step."""
 
     def __init__(self):
         self.s: Tensor | None = None
+        self.c: Tensor | None = None
         self.projected: Tensor | None = None
         self.weights: list[Tensor] = []
 
@@ -72,22 +73,98 @@ class RNNState:
     def select(self, index: Tensor) -> None:
         if self.s is not None:
             self.s, self.projected = self.s.index_select(0, index), self.projected.index_select(0, index)
+            self.c = None if self.c is None else self.c.index_select(0, index)
             self.weights = [w.index_select(0, index) for w in self.weights]
 
 
-class BahdanauSeq2Seq(nn.Module):
+class AttentionDecoder(nn.Module):
+    """An RNN decoder with additive attention over a memory: Bahdanau's (GRU) and Show, Attend and Tell's
+    (LSTM, with its gate β = σ(f_β(s)) on the context). Step i:
+
+        c_i = β · Σ_j α_ij m_j,  α_i = softmax_j(vᵀ tanh(W·s_{i-1} + U·m_j))
+        s_i = cell([embed(y_{i-1}); c_i], s_{i-1})
+        out_i = tanh(L·[s_i; c_i; embed(y_{i-1})])      → generator → logits
+    s_0 (and an LSTM's c_0) = tanh(linear(mean of the real memory positions)).
+    """
+
+    def __init__(self, vocab: int, embed_dim: int, hidden: int, memory_dim: int, attn_dim: int, dropout: float,
+                 pad_id: int, cell: str = "gru", gate: bool = False):
+        super().__init__()
+        if cell not in ("gru", "lstm"):
+            raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")
+        self.embed = nn.Embedding(vocab, embed_dim, padding_idx=pad_id)
+        self.init_state = nn.Linear(memory_dim, hidden * (2 if cell == "lstm" else 1))
+        self.attention = AdditiveAttention(hidden, memory_dim, attn_dim)
+        self.gate = nn.Linear(hidden, 1) if gate else None
+        self.cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(embed_dim + memory_dim, hidden)
+        self.pre_output = nn.Linear(hidden + memory_dim + embed_dim, hidden)
+        self.generator = nn.Linear(hidden, vocab)
+        self.drop = nn.Dropout(dropout)
+
+    def start(self, memory: Memory, state: RNNState) -> None:
+        real = memory.mask[:, 0, 0, :, None].float()                                   # (B, S, 1)
+        mean = (memory.states * real).sum(1) / real.sum(1).clamp(min=1)
+        init = torch.tanh(self.init_state(mean))
+        state.s, state.c = (init.chunk(2, dim=-1) if isinstance(self.cell, nn.LSTMCell) else (init, None))
+        state.projected = self.attention.U(memory.states)
+
+    def forward(self, tgt: Tensor, memory: Memory, state: RNNState) -> Tensor:
+        """Target ids (B, T) → the generator's inputs (B, T, hidden); `state` carries on from its last call."""
+        if state.s is None:
+            self.start(memory, state)
+        outputs = []
+        for t in range(tgt.shape[1]):
+            emb = self.drop(self.embed(tgt[:, t]))                                   # (B, E)
+            context, weights = self.attention(state.s, memory.states, memory.mask, state.projected)
+            if self.gate is not None:
+                context = torch.sigmoid(self.gate(state.s)) * context
+            x = torch.cat([emb, context], dim=-1)
+            if state.c is None:
+                state.s = self.cell(x, state.s)
+            else:
+                state.s, state.c = self.cell(x, (state.s, state.c))
+            state.weights.append(weights)
+            outputs.append(torch.tanh(self.pre_output(torch.cat([state.s, context, emb], dim=-1))))
+        return self.drop(torch.stack(outputs, dim=1))
+
+
+class AttentionRNNBase(nn.Module):
+    """The seams vitkit.generate decodes through, for a model with an `AttentionDecoder` named `decoder` and an
+    `encode(inputs) → Memory` of its own."""
+
+    decoder: AttentionDecoder
+
+    def new_cache(self) -> RNNState:
+        return RNNState()
+
+    def decode(self, tgt: Tensor, memory: Memory, cache: RNNState | None = None) -> Tensor:
+        """Target ids (B, T) → the generator's inputs (B, T, H). With a cache, tgt holds only the new tokens and
+        the state carries on from the last call; the attention weights of each step are appended to it."""
+        return self.decoder(tgt, memory, cache if cache is not None else RNNState())
+
+    def generator(self, hidden: Tensor) -> Tensor:
+        return self.decoder.generator(hidden)
+
+    def forward(self, inputs: Tensor, tgt: Tensor) -> Tensor:
+        """inputs, target ids (B, T) (BOS + the sequence) → logits (B, T, vocab)."""
+        return self.generator(self.decode(tgt, self.encode(inputs)))
+
+    @torch.no_grad()
+    def align(self, inputs: Tensor, tgt: Tensor) -> Tensor:
+        """The alignment matrix under teacher forcing: α (B, T, S), row i the weights that produced token i."""
+        state = RNNState()
+        self.decode(tgt, self.encode(inputs), state)
+        return torch.stack(state.weights, dim=1)
+
+
+class BahdanauSeq2Seq(AttentionRNNBase):
     def __init__(self, cfg: BahdanauConfig):
         super().__init__()
         self.cfg = cfg
         E, H = cfg.embed_dim, cfg.hidden
         self.src_embed = nn.Embedding(cfg.src_vocab, E, padding_idx=cfg.pad_id)
-        self.tgt_embed = nn.Embedding(cfg.tgt_vocab, E, padding_idx=cfg.pad_id)
         self.encoder = nn.GRU(E, H, batch_first=True, bidirectional=True)
-        self.init_state = nn.Linear(2 * H, H)
-        self.attention = AdditiveAttention(H, 2 * H, cfg.attn_dim)
-        self.decoder = nn.GRUCell(E + 2 * H, H)
-        self.pre_output = nn.Linear(H + 2 * H + E, H)
-        self.generator = nn.Linear(H, cfg.tgt_vocab)
+        self.decoder = AttentionDecoder(cfg.tgt_vocab, E, H, 2 * H, cfg.attn_dim, cfg.dropout, cfg.pad_id)
         self.drop = nn.Dropout(cfg.dropout)
 
     def encode(self, src: Tensor) -> Memory:
@@ -98,37 +175,6 @@ class BahdanauSeq2Seq(nn.Module):
         out, _ = self.encoder(packed)
         states, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
         return Memory(states, keep[:, None, None, :])
-
-    def new_cache(self) -> RNNState:
-        return RNNState()
-
-    def decode(self, tgt: Tensor, memory: Memory, cache: RNNState | None = None) -> Tensor:
-        """Target ids (B, T) → the generator's inputs (B, T, H). With a cache, tgt holds only the new tokens and
-        the state carries on from the last call; the attention weights of each step are appended to it."""
-        state = cache if cache is not None else RNNState()
-        if state.s is None:
-            real = memory.mask[:, 0, 0, :, None].float()                    # (B, S, 1)
-            mean = (memory.states * real).sum(1) / real.sum(1).clamp(min=1)
-            state.s, state.projected = torch.tanh(self.init_state(mean)), self.attention.U(memory.states)
-        outputs = []
-        for t in range(tgt.shape[1]):
-            emb = self.drop(self.tgt_embed(tgt[:, t]))                       # (B, E)
-            context, weights = self.attention(state.s, memory.states, memory.mask, state.projected)
-            state.s = self.decoder(torch.cat([emb, context], dim=-1), state.s)
-            state.weights.append(weights)
-            outputs.append(torch.tanh(self.pre_output(torch.cat([state.s, context, emb], dim=-1))))
-        return self.drop(torch.stack(outputs, dim=1))
-
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Source ids (B, S), target ids (B, T) (BOS + the sequence) → logits (B, T, tgt_vocab)."""
-        return self.generator(self.decode(tgt, self.encode(src)))
-
-    @torch.no_grad()
-    def align(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """The alignment matrix under teacher forcing: α (B, T, S), row i the weights that produced token i."""
-        state = RNNState()
-        self.decode(tgt, self.encode(src), state)
-        return torch.stack(state.weights, dim=1)
 
 
 register(ModelEntry("rnn_bahdanau", "rnn", BahdanauConfig(), BahdanauSeq2Seq, inputs="tokens",

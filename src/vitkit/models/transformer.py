@@ -135,7 +135,8 @@ class Transformer(nn.Module):
         self.encoder = nn.ModuleList([EncoderLayer(**layer) for _ in range(cfg.encoder_layers)])
         self.decoder = nn.ModuleList([DecoderLayer(**layer) for _ in range(cfg.decoder_layers)])
         final = (lambda: nn.LayerNorm(d, eps=cfg.norm_eps)) if cfg.norm_first else nn.Identity
-        self.encoder_norm, self.decoder_norm = final(), final()
+        self.encoder_norm = final() if cfg.encoder_layers else nn.Identity()  # none: a captioner's decoder
+        self.decoder_norm = final()
         self.generator = nn.Linear(d, cfg.tgt_vocab)
         self.init_weights()
         if cfg.tie_generator:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 @dataclass
 class TrainConfig:
-    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino', 'mim'; 'seq2seq'
+    objective: str | None = None         # 'classify', 'distill' (default when --teacher is given); pretraining: 'mae', 'dino', 'mim'; 'seq2seq', 'caption'
     model: str | None = None             # registered model name (default: the --init file's, else one that fits the data)
     init: str | None = None              # start from this checkpoint: vitkit, timm, Hugging Face folder, torchvision, JAX npz
     data: str = "digits"                 # embedded set ('digits', 'mnist'), an image folder, or a folder with train/ and val/
@@ -82,7 +82,7 @@ class TrainConfig:
 # Fields that say how a run executes, not what it computes: they may differ when a run is resumed.
 RUNTIME_FIELDS = {"device", "threads", "progress", "num_workers", "runs_dir", "tensorboard", "epochs", "fsdp"}
 
-CHOICES = {"objective": (None, "classify", "distill", "mae", "dino", "mim", "seq2seq"), "schedule": ("cosine", "noam"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
+CHOICES = {"objective": (None, "classify", "distill", "mae", "dino", "mim", "seq2seq", "caption"), "schedule": ("cosine", "noam"), "optimizer": ("adamw", "sgd"), "freeze": (None, "backbone"),
            "train_crop": (None, "shift", "rrc", "none"), "distill": ("soft", "hard"), "recipe": (None, "deit")}
 
 # The augmentation a data source gets for every field the user and the recipe leave unset.
@@ -97,8 +97,8 @@ RECIPES = {"deit": dict(rand_magnitude=9.0, mixup=0.8, cutmix=1.0, erase=0.25, l
 
 
 def default_model(data: str, objective: str | None = None) -> str:
-    if objective == "seq2seq":
-        return "transformer_small"
+    if objective in ("seq2seq", "caption"):
+        return "transformer_small" if objective == "seq2seq" else "caption_vit_pico_patch4"
     return {"digits": "vit_pico_patch2_8", "mnist": "vit_pico_patch4_28"}.get(data, "vit_tiny_patch16_224")
 
 

@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from ..data import EMBEDDED
 from ..data.augment import rng, rng_seed
 from ..weights import load_checkpoint, save_checkpoint
-from ..weights.pretrained import read_any
 from .config import TrainConfig, objective_name, resolve
 from .dist import Processes, resolve_device
 from .ema import WeightEma
@@ -143,10 +142,9 @@ def train(cfg: TrainConfig, *, model: nn.Module | None = None, resume: bool = Fa
     elif last_path.exists() and not overwrite:
         raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to start it "
                              f"again, or --name to choose another folder")
-    init = read_any(cfg.init, cfg.model) if cfg.init else None  # on resume too: it fixes the architecture
-    if init is not None:
-        init = get_objective(objective_name(cfg)).adapt_init(init)
-    cfg = resolve(cfg, embedded=cfg.data in EMBEDDED, init_model=init.model_name if init else None)
+    kind = get_objective(objective_name(cfg))
+    init = kind.read_init(cfg) if cfg.init else None  # on resume too: it fixes the architecture
+    cfg = resolve(cfg, embedded=cfg.data in EMBEDDED, init_model=kind.model_of(init) if init else None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

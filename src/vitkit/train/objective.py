@@ -47,6 +47,17 @@ class Objective:
         self.cfg, self.device, self.log, self.init = cfg, device, log, init
 
     @classmethod
+    def read_init(cls, cfg: TrainConfig) -> Converted:
+        """The --init checkpoint, read as this objective starts from it (adapt_init)."""
+        from ..weights.pretrained import read_any
+        return cls.adapt_init(read_any(cfg.init, cfg.model))
+
+    @classmethod
+    def model_of(cls, init: Converted) -> str | None:
+        """The model the run trains when --model is not given: the --init checkpoint's."""
+        return init.model_name
+
+    @classmethod
     def adapt_init(cls, init: Converted) -> Converted:
         """The --init checkpoint as this objective starts from it: a pretraining run's backbone (MAE's encoder,
         DINO's teacher) for every objective but the pretraining ones."""
@@ -94,7 +105,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 
 
 def get_objective(name: str) -> type[Objective]:
-    from . import classify, dino, distill, mae, mim, seq2seq  # noqa: F401  (they register themselves)
+    from . import caption, classify, dino, distill, mae, mim, seq2seq  # noqa: F401  (they register themselves)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; the known ones are {', '.join(sorted(OBJECTIVES))}")
     return OBJECTIVES[name]

@@ -58,13 +58,12 @@ class Seq2Seq(Objective):
 
     def __init__(self, cfg, device, log, init=None):
         super().__init__(cfg, device, log, init)
-        self.vocab: seq.Vocabulary | None = None
         if cfg.data in seq.TASKS:
             size = cfg.train_size or TASK_SIZE
             self.train_set = seq.SyntheticTask(cfg.data, size, cfg.seed, TRAIN_KEY)
             self.val_set = seq.SyntheticTask(cfg.data, VAL_SIZE, cfg.seed, VAL_KEY)
-            vocab_size, src_len, tgt_len = self.train_set.vocab_size, self.train_set.max_len, self.train_set.max_len + 2
-            self.record = {"task": cfg.data}
+            self.vocab = self.train_set.vocab
+            src_len, tgt_len = self.train_set.max_len, self.train_set.max_len + 2
         else:
             pairs = seq.read_pairs(cfg.data)
             random.Random(cfg.seed).shuffle(pairs)
@@ -77,8 +76,8 @@ class Seq2Seq(Objective):
             tgt_len = max(len(t.split()) for _, t in pairs) + 2
             self.train_set = seq.TextPairs(train, self.vocab, src_len, tgt_len)
             self.val_set = seq.TextPairs(val, self.vocab, src_len, tgt_len)
-            vocab_size = len(self.vocab)
-            self.record = {"task": "text", "vocab": self.vocab.tokens}
+        vocab_size = len(self.vocab)
+        self.record = {"task": cfg.data if cfg.data in seq.TASKS else "text", "vocab": self.vocab.tokens}
         self.tgt_len = tgt_len
         self.model_name = cfg.model
         base = {**(init.overrides if init and init.model_name == cfg.model else {}), **cfg.model_overrides}
@@ -88,7 +87,7 @@ class Seq2Seq(Objective):
         self.record.update(src_len=src_len, tgt_len=tgt_len)
 
     def describe(self) -> str:
-        what = f"the {self.cfg.data} task" if "vocab" not in self.record else f"pairs of {self.cfg.data}"
+        what = f"the {self.cfg.data} task" if self.record["task"] != "text" else f"pairs of {self.cfg.data}"
         return (f"{len(self.train_set)} train / {len(self.val_set)} val sequences of {what}, vocabulary "
                 f"{self.model_overrides['tgt_vocab']}")
 
@@ -143,15 +142,12 @@ class Seq2Seq(Objective):
         (run_dir / "alignment.json").write_text(json.dumps(result, indent=2) + "\n")
         i = int((src != seq.PAD).sum(1).argmax())  # the longest sequence of the batch
         n, m = int((src[i] != seq.PAD).sum()), int((tgt[i, 1:] != seq.PAD).sum())
-        words = self._words
-        fig = plot_alignment(weights[i, :m, :n], words(src[i, :n]), words(tgt[i, 1:m + 1]),
+        fig = plot_alignment(weights[i, :m, :n], self._words(src[i, :n]), self._words(tgt[i, 1:m + 1]),
                              f"{self.model_name} on a held-out {self.record['task']} sequence")
         fig.savefig(run_dir / "alignment.png", dpi=100)
 
     def _words(self, ids: Tensor) -> list[str]:
-        if self.vocab is not None:
-            return [self.vocab.tokens[int(i)] for i in ids]
-        return ["<eos>" if int(i) == seq.EOS else chr(ord("a") + int(i) - 3) for i in ids]
+        return [self.vocab.tokens[int(i)] for i in ids]
 
 
 def alignment_on_source(weights: Tensor, src: Tensor, task: str) -> dict[str, float]:

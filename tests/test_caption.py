@@ -1,0 +1,157 @@
+"""Captioning: the digit strips, the captioners' seams and decoding, the objective on the trainer, `vitkit caption`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.data import split
+from vitkit.data.datasets import TensorImageDataset
+from vitkit.data.strips import STRIP, DigitStrips
+from vitkit.generate import beam_search, greedy
+from vitkit.train import TrainConfig, train
+from vitkit.train.caption import caption_metrics
+from vitkit.weights import load_checkpoint
+
+TINY_VIT = dict(encoder_depth=1, d_model=16, num_heads=2, d_ff=32, decoder_layers=1)
+
+
+def fake_digits(n=40):
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(n, 1, 28, 28, generator=g) > 0.7).float()
+    return TensorImageDataset(images, torch.arange(n) % 10, [str(i) for i in range(10)])
+
+
+def test_a_strip_holds_its_digits_left_to_right_and_its_caption_names_them():
+    digits = fake_digits()
+    ds = DigitStrips(digits, 50, seed=0, key=1, mean=(0.0,), std=(1.0,))
+    for i in range(50):
+        image, caption = ds[i]
+        assert image.shape == (1, *STRIP)
+        layout, spans = ds.layout(i), ds.spans(i)
+        assert 1 <= len(layout) <= 4 and len(spans) == len(layout)
+        assert all(0 <= x0 and x1 <= STRIP[1] for x0, x1 in spans)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # left to right, never overlapping
+        for (p, x), (x0, x1) in zip(layout, spans):
+            assert torch.equal(image[:, :, x0:x1], digits[p][0])  # the digit image itself, pasted
+        words = ds.vocab.decode(caption[1:])
+        assert words == " ".join(str(int(digits[p][1])) for p, _ in layout)
+    assert torch.equal(ds[7][0], DigitStrips(digits, 50, seed=0, key=1, mean=(0.0,), std=(1.0,))[7][0])
+
+
+def test_held_out_strips_use_only_held_out_digit_images():
+    digits = fake_digits()
+    train_digits, val_digits = split(digits, 0.25, seed=0)
+    val = DigitStrips(val_digits, 30, seed=0, key=2)
+    held_out = set(val_digits.indices)
+    for i in range(30):
+        assert all(val_digits.indices[p] in held_out for p, _ in val.layout(i))
+        assert all(p < len(val_digits) for p, _ in val.layout(i))
+    assert not held_out & set(train_digits.indices)
+
+
+@pytest.mark.parametrize("name", ["caption_vit_pico_patch4", "caption_show_attend_tell"])
+def test_captioners_decode_the_same_with_and_without_the_cache(name):
+    torch.manual_seed(0)
+    over = TINY_VIT if name == "caption_vit_pico_patch4" else dict(channels=8, embed_dim=8, hidden=16, attn_dim=8)
+    model = vitkit.create_model(name, **over).eval()
+    images = torch.randn(3, 1, *STRIP)
+    out = greedy(model, images, 5)
+    assert torch.equal(out, greedy(model, images, 5, cache=False))
+    assert torch.equal(beam_search(model, images, 5, beam=1), out)
+    assert torch.equal(beam_search(model, images, 5, beam=3), beam_search(model, images, 5, beam=3, cache=False))
+    weights = model.align(images, torch.ones(3, 4, dtype=torch.long))
+    places = ~torch.isnan(model.token_x())
+    assert weights.shape[:2] == (3, 4) and weights.shape[2] == len(places) == 196 + (name != "caption_show_attend_tell")
+    assert torch.allclose(weights.sum(-1), torch.ones(3, 4), atol=1e-5)
+    x = model.token_x()[places]
+    assert x.min() > 0 and x.max() < STRIP[1] and len(x.unique()) == 28  # 28 columns of 4 pixels
+
+
+def test_show_attend_tell_s_regulariser_is_lambda_sum_of_one_minus_total_attention_squared():
+    torch.manual_seed(0)
+    model = vitkit.create_model("caption_show_attend_tell", channels=8, embed_dim=8, hidden=16, attn_dim=8,
+                                alpha_c=0.5).eval()
+    images, tgt = torch.randn(2, 1, *STRIP), torch.tensor([[1, 4, 5, 0], [1, 6, 7, 8]])
+    model(images, tgt)
+    alphas = model.align(images, tgt)  # (B, T, N)
+    real = (tgt != 0)[..., None].float()
+    want = 0.5 * ((1 - (alphas * real).sum(1)) ** 2).sum(1).mean()
+    torch.testing.assert_close(model.penalty, want)
+
+
+def test_caption_metrics():
+    vocab = DigitStrips(fake_digits(), 1, 0, 0).vocab
+    target = torch.tensor([[4, 5, 6, 7, 2], [3, 2, 0, 0, 0]])
+    same = caption_metrics(target, target, vocab)
+    assert same == {"exact": 1.0, "token_acc": 1.0, "bleu": pytest.approx(100.0)}
+    wrong = caption_metrics(torch.tensor([[4, 5, 6, 8, 2], [3, 2, 0, 0, 0]]), target, vocab)
+    assert wrong["exact"] == 0.5 and wrong["token_acc"] == pytest.approx(6 / 7) and wrong["bleu"] < 100
+
+
+def caption_cfg(tmp_path, name, epochs=1, **kw):
+    return TrainConfig(objective="caption", data="digit-strips", runs_dir=str(tmp_path), name=name, epochs=epochs,
+                       batch_size=32, train_size=64, progress=False, threads=1, model_overrides=dict(TINY_VIT), **kw)
+
+
+@pytest.fixture(scope="module")
+def caption_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("caption")
+    return train(caption_cfg(tmp, "c"), log=lambda *_: None)
+
+
+def test_the_caption_objective_trains_and_reports_greedy_beam_and_attention(caption_run):
+    row = caption_run.metrics[-1]
+    assert {"val_exact", "val_token_acc", "val_bleu"} <= set(row)
+    result = json.loads((caption_run.run_dir / "captions.json").read_text())
+    assert set(result["greedy"]) == {"exact", "token_acc", "bleu"} and set(result["beam4"]) == set(result["greedy"])
+    assert 0 <= result["attention"]["argmax_in_span"] <= 1 and result["attention"]["digits"] > 1000
+    assert (caption_run.run_dir / "attention.png").stat().st_size > 5_000
+    record = load_checkpoint(caption_run.run_dir / "best.safetensors").data
+    assert record["vocab"][3:] == [str(i) for i in range(10)] and record["img_size"] == list(STRIP)
+
+
+def test_vitkit_caption_prints_each_image_s_greedy_caption(caption_run, tmp_path, capsys):
+    from PIL import Image
+
+    from vitkit.cli import main
+    ckpt = caption_run.run_dir / "best.safetensors"
+    strips_ = DigitStrips(fake_digits(), 3, 0, 5, mean=(0.0,), std=(1.0,))
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"s{i}.png"
+        Image.fromarray((strips_[i][0][0].numpy() * 255).astype("uint8")).save(path)
+        paths.append(str(path))
+    assert main(["caption", str(ckpt), *paths]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == paths
+    from vitkit.cli.caption import caption_images
+    model = load_checkpoint(ckpt).build_model()
+    assert [line.split("\t")[1] for line in lines] == caption_images(model, paths, load_checkpoint(ckpt).data)
+    assert main(["caption", str(ckpt), str(tmp_path / "missing.png")]) != 0
+
+
+def test_caption_resumes_exactly(tmp_path):
+    def stop(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+    train(caption_cfg(tmp_path, "whole", epochs=2), log=lambda *_: None)
+    with pytest.raises(KeyboardInterrupt):
+        train(caption_cfg(tmp_path, "halves", epochs=2), on_epoch_end=stop, log=lambda *_: None)
+    train(caption_cfg(tmp_path, "halves", epochs=2), resume=True, log=lambda *_: None)
+    a, b = (load_checkpoint(tmp_path / n / "last.safetensors") for n in ("whole", "halves"))
+    assert max((a.state[k] - b.state[k]).abs().max().item() for k in a.state) == 0.0
+
+
+def test_the_caption_encoder_starts_from_an_mnist_vit(tmp_path):
+    vit = train(TrainConfig(data="mnist", model="vit_pico_patch4_28", runs_dir=str(tmp_path), name="vit", epochs=1,
+                            batch_size=64, train_size=128, progress=False, threads=1,
+                            model_overrides=dict(depth=1)), log=lambda *_: None)
+    lines = []
+    run = train(caption_cfg(tmp_path, "from-vit", init=str(vit.run_dir / "best.safetensors"),
+                            model="caption_vit_pico_patch4"), log=lines.append)
+    assert any("initialised from" in line for line in lines), lines
+    state = load_checkpoint(run.run_dir / "last.safetensors").state
+    assert state["encoder.pos_embed"].shape[1] == 1 + 7 * 28  # resized from MNIST's 7×7 grid to the strip's
