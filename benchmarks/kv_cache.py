@@ -20,7 +20,6 @@ same tokens (they should, up to float rounding). --quick: 1 round of 8 tokens, t
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -28,12 +27,7 @@ import torch
 
 from vitkit import create_model
 
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from finetune_study import cpu_name
 
 
 def decode_steps(model, src: torch.Tensor, steps: int, cache: bool) -> torch.Tensor:

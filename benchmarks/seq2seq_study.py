@@ -1,6 +1,7 @@
 """The lectures' encoder–decoder claims, measured: each part is an ordinary `vitkit train` run under --runs-dir.
 
     python benchmarks/seq2seq_study.py [--parts copy reverse caption sat] [--threads 2] [--caption-epochs 15]
+        [--strips 8000]
 
 copy      transformer_small on the Annotated Transformer's copy task: exact match of greedy decoding on the 1,000
           fresh validation sequences (lengths 1–10 over 8 symbols), Noam schedule
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seq-epochs", type=int, default=8)
     p.add_argument("--caption-epochs", type=int, default=15)
+    p.add_argument("--strips", type=int, default=8000, help="training strips for the captioners (default 8,000)")
     p.add_argument("--runs-dir", default="runs/seq2seq-study")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,7 +56,8 @@ def main() -> None:
         else:
             model = "caption_vit_pico_patch4" if part == "caption" else "caption_show_attend_tell"
             run = train(TrainConfig(**common, objective="caption", model=model, data="digit-strips",
-                                    epochs=args.caption_epochs, name=part), overwrite=True, log=quiet)
+                                    epochs=args.caption_epochs, train_size=args.strips, name=part), overwrite=True,
+                        log=quiet)
             res = json.loads((run.run_dir / "captions.json").read_text())
             g, b = res["greedy"], res["beam4"]
             minutes = (time.perf_counter() - start) / 60

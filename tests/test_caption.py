@@ -155,3 +155,28 @@ def test_the_caption_encoder_starts_from_an_mnist_vit(tmp_path):
     assert any("initialised from" in line for line in lines), lines
     state = load_checkpoint(run.run_dir / "last.safetensors").state
     assert state["encoder.pos_embed"].shape[1] == 1 + 7 * 28  # resized from MNIST's 7×7 grid to the strip's
+
+
+def test_an_image_folder_with_a_captions_file_trains(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(6):
+        pixels = (torch.rand(20, 30, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"p{i}.png")
+        lines.append(f"p{i}.png\ta {'red' if i % 2 else 'blue'} thing")
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    run = train(TrainConfig(objective="caption", data=str(folder), runs_dir=str(tmp_path), name="f", epochs=1,
+                            batch_size=2, progress=False, threads=1, val_fraction=0.34,
+                            model_overrides=dict(TINY_VIT, img_size=(16, 16), in_chans=3)), log=lambda *_: None)
+    record = load_checkpoint(run.run_dir / "best.safetensors").data
+    assert record["task"] == "folder" and {"a", "red", "blue", "thing"} <= set(record["vocab"])
+    assert record["img_size"] == [16, 16] and record["in_chans"] == 3
+    (folder / "captions.txt").write_text("p0.png\ta thing\nmissing.png\ta thing\n")
+    from vitkit.data.datasets import DataError
+    with pytest.raises(DataError, match="missing.png, which is not a file"):
+        train(TrainConfig(objective="caption", data=str(folder), runs_dir=str(tmp_path), name="g", epochs=1,
+                          progress=False, model_overrides=dict(TINY_VIT, img_size=(16, 16), in_chans=3)),
+              log=lambda *_: None)

@@ -187,3 +187,137 @@ def test_study_report_names_true_and_predicted_classes(setup, tmp_path):
     assert len(shown) == 6
     assert len({true for true, _ in names}) >= 3  # a mix of classes, not the first 6 images of one
     assert any(what.startswith("predicted") for _, what in names)  # the random model's errors are shown
+
+
+# ---- a captioner's report: the caption and the cross-attention of each generated token ----------------------------
+CAPTION_VIT = dict(encoder_depth=1, d_model=16, num_heads=2, d_ff=32, decoder_layers=1)
+SAT = dict(channels=8, embed_dim=8, hidden=16, attn_dim=8)  # seed 5: a random one writes digits ('0 5 0 5 0')
+
+
+def _token_table(page: str) -> list[list[str]]:
+    return json.loads(re.search(r'<script id="token-overlays" type="application/json">(.*?)</script>', page, re.S)[1])
+
+
+def _cards(page: str) -> list[str]:
+    return re.findall(r'<section class="card">.*?</section>', page, re.S)
+
+
+@pytest.fixture(scope="module")
+def caption_setup(tmp_path_factory):
+    """Two strip PNGs, and `vitkit explain` on them with a trained ViT captioner (1 epoch: it writes <bos> tokens)
+    and with a random Show-Attend-Tell saved with the same record (it writes digits)."""
+    import torch
+    from PIL import Image
+
+    from vitkit.data.datasets import TensorImageDataset
+    from vitkit.data.strips import DigitStrips
+    from vitkit.train import TrainConfig, train
+    from vitkit.weights import load_checkpoint
+
+    tmp = tmp_path_factory.mktemp("explain_caption")
+    run = train(TrainConfig(objective="caption", data="digit-strips", runs_dir=str(tmp), name="c", epochs=1,
+                            batch_size=32, train_size=64, progress=False, threads=1, model_overrides=CAPTION_VIT),
+                log=lambda *_: None)
+    vit = run.run_dir / "best.safetensors"
+    record = load_checkpoint(vit).data
+    torch.manual_seed(5)
+    sat = tmp / "sat.safetensors"
+    save_checkpoint(sat, model=create_model("caption_show_attend_tell", **SAT), model_name="caption_show_attend_tell",
+                    overrides=SAT, data=record)
+    g = torch.Generator().manual_seed(0)
+    digits = TensorImageDataset((torch.rand(40, 1, 28, 28, generator=g) > 0.7).float(), torch.arange(40) % 10,
+                                [str(i) for i in range(10)])
+    strips = DigitStrips(digits, 2, 0, 5, mean=(0.0,), std=(1.0,))
+    paths = []
+    for i in range(2):
+        paths.append(tmp / f"strip{i}.png")
+        Image.fromarray((strips[i][0][0].numpy() * 255).astype("uint8")).save(paths[-1])
+    out = {}
+    for name, ckpt in (("vit", vit), ("sat", sat)):
+        out[name] = tmp / f"out_{name}"
+        assert _run([*map(str, paths), "--checkpoint", str(ckpt), "--out", str(out[name])]) == 0
+    return {"paths": paths, "ckpt": {"vit": vit, "sat": sat}, "out": out, "record": record,
+            "html": {name: (o / "report.html").read_text() for name, o in out.items()}}
+
+
+def test_caption_attention_gives_one_map_per_generated_token_on_the_place_grid():
+    import torch
+
+    from vitkit.explain import caption_attention, place_grid
+    for name, over in (("caption_vit_pico_patch4", CAPTION_VIT), ("caption_show_attend_tell", SAT)):
+        torch.manual_seed(5)
+        model = create_model(name, **over).eval()
+        grid = place_grid(model)
+        assert grid == (7, 28)  # 28×112 strips: 4-pixel patches (the ViT), stride 4 (the CNN)
+        for ids, maps in caption_attention(model, torch.randn(2, 1, 28, 112), 5):
+            assert 1 <= len(ids) <= 5 and 2 not in ids[:-1]  # EOS, where emitted, ends them
+            assert maps.shape == (len(ids), *grid) and torch.isfinite(maps).all()
+            assert (maps.flatten(1).sum(1) <= 1 + 1e-5).all()  # weights over the places ([CLS] left out)
+
+
+@pytest.mark.parametrize("name", ["vit", "sat"])
+def test_caption_report_has_a_token_selector_and_one_overlay_per_token(caption_setup, name):
+    page, out = caption_setup["html"][name], caption_setup["out"][name]
+    table, cards = _token_table(page), _cards(page)
+    tokens = [re.findall(r'<span class="tok[^"]*">(.*?)</span>', card) for card in cards]
+    assert len(table) == len(cards) == 2 and all(tokens)
+    assert [len(t) for t in table] == [len(t) for t in tokens]  # one overlay per generated token
+    assert all(uri.startswith("data:image/png;base64,") for t in table for uri in t)
+    options = re.findall(r'<option value="(\d+)"', re.search(r'<select id="token">(.*?)</select>', page, re.S)[1])
+    assert options == [str(t + 1) for t in range(max(map(len, tokens)))]
+    assert len(set(table[0])) == len(table[0]) > 1  # the maps differ between tokens
+    pngs = sorted(p.name for p in out.glob("*_cross_attention.png"))
+    assert len(pngs) == sum(map(len, table)) and "00_strip0_token1_cross_attention.png" in pngs
+    assert all(p.read_bytes()[:8] == PNG_MAGIC for p in out.glob("*.png"))
+    assert 'id="layer"' not in page and 'id="head"' not in page  # one layer, averaged over heads
+    assert 'width="448" height="112"' in page  # 28×112 strips keep their aspect
+    assert not re.search(r"https?://", page) and not re.search(r"<script[^>]*\bsrc=", page)
+
+
+def test_caption_report_shows_each_image_s_caption(caption_setup):
+    from vitkit.cli.caption import caption_images
+    from vitkit.weights import load_checkpoint
+
+    paths = [str(p) for p in caption_setup["paths"]]
+    for name in ("vit", "sat"):
+        model = load_checkpoint(caption_setup["ckpt"][name]).build_model().eval()
+        captions = caption_images(model, paths, caption_setup["record"])  # as `vitkit caption` prints them
+        cards = _cards(caption_setup["html"][name])
+        for card, path, caption in zip(cards, paths, captions):
+            assert path in card
+            assert (f'<q class="caption">{caption}</q>' if caption else "<em>(empty)</em>") in card
+    assert caption_images(load_checkpoint(caption_setup["ckpt"]["sat"]).build_model().eval(), paths,
+                          caption_setup["record"])[0]  # the random Show-Attend-Tell's caption is not empty
+
+
+def test_caption_report_refuses_study_and_layers(caption_setup):
+    ckpt = str(caption_setup["ckpt"]["sat"])
+    with pytest.raises(ValueError, match="does not record"):
+        _run(["--study", "--checkpoint", ckpt])
+    with pytest.raises(ValueError, match="drop --layers"):
+        _run([str(caption_setup["paths"][0]), "--checkpoint", ckpt, "--layers", "0"])
+    with pytest.raises(ValueError, match="pass --checkpoint"):
+        _run([str(caption_setup["paths"][0]), "--model", "caption_show_attend_tell"])
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_hash_selects_token_in_browser(caption_setup, tmp_path):
+    table = _token_table(caption_setup["html"]["sat"])
+    url = (caption_setup["out"]["sat"] / "report.html").as_uri()
+
+    def dom(fragment: str) -> str:
+        return _chromium(["--dump-dom", f"{url}#{fragment}"], tmp_path / "profile")
+
+    def overlay_src(page: str, i: int = 0) -> str:
+        return re.search(rf'<img[^>]*id="{"overlay" if i == 0 else f"overlay-{i}"}"[^>]*>', page)[0]
+
+    page = dom("token=2")
+    selected = re.findall(r'<option value="(\d+)"[^>]*\bselected', re.search(r'<select id="token">(.*?)</select>',
+                                                                               page, re.S)[1])
+    assert selected == ["2"]
+    assert f'src="{table[0][1]}"' in overlay_src(page) and f'src="{table[1][1]}"' in overlay_src(page, 1)
+    assert "writing token 2" in page and len(re.findall(r'class="tok sel"', page)) == 2  # each card marks token 2
+    first = dom("token=1")
+    assert f'src="{table[0][0]}"' in overlay_src(first) and overlay_src(first) != overlay_src(page)
+    assert overlay_src(dom("token=99")) == overlay_src(first)  # no such token: the first

@@ -1,4 +1,9 @@
-"""`vitkit explain`: attention maps, rollout and embedding figures as PNGs and one self-contained HTML report."""
+"""`vitkit explain`: attention maps, rollout and embedding figures as PNGs and one self-contained HTML report.
+
+A checkpoint of a `vitkit train --objective caption` run gets a captioner's report instead: each image's greedy
+caption and the cross-attention of every generated token over the image, with a token selector
+(report.html#token=2 opens it at the second token).
+"""
 from __future__ import annotations
 
 import sys
@@ -15,7 +20,9 @@ def add_parser(sub, name):
                        description="Write the [CLS] attention and rollout overlays of each image, the mean attention "
                                    "distance against depth, the position-embedding similarity and the patch-embedding "
                                    "filters as PNGs, and one self-contained report.html (open it in a browser; "
-                                   "report.html#layer=3&head=mean opens it at layer 3).")
+                                   "report.html#layer=3&head=mean opens it at layer 3). With a captioning "
+                                   "checkpoint: each image's caption and the cross-attention of each generated "
+                                   "token, one PNG per image and token (report.html#token=2 opens it at token 2).")
     p.add_argument("images", nargs="*", help="image files (png, jpg, ...), folders of them or globs; not with "
                                              "--study")
     src = p.add_mutually_exclusive_group(required=True)
@@ -29,7 +36,7 @@ def add_parser(sub, name):
                                                          "negative counts from the end)")
     p.add_argument("--top-k", type=int, default=5, help="how many classes to show per image (default: 5)")
     p.add_argument("--study", action="store_true", help="use validation images of the checkpoint's own training "
-                                                         "data instead of IMAGE arguments")
+                                                         "data instead of IMAGE arguments (not for captioners)")
     p.add_argument("-n", "--num-images", type=int, default=8, help="validation images for --study (default: 8)")
     p.add_argument("--overlay-size", type=int, default=224, help="pixel size of the report's overlays (default: 224)")
 
@@ -85,6 +92,29 @@ def _study_images(model, record: dict, n: int) -> tuple[torch.Tensor, list[str]]
     return torch.stack(images), names
 
 
+def _caption_report(args, model, record: dict, paths, title: str):
+    """A captioner's report on the IMAGE files, each read as `vitkit caption` reads it (the run's channels,
+    resized to its size)."""
+    from ..data import load_image
+    from ..data.sequences import Vocabulary
+    from ..explain.report import explain_caption
+
+    if "vocab" not in record:
+        raise ValueError(f"{args.model} is a captioner, and its vocabulary is recorded in a checkpoint only: pass "
+                         f"--checkpoint with a `vitkit train --objective caption` run")
+    if args.study:
+        raise ValueError("--study rebuilds a run's held-out images from its recorded split, which a captioning "
+                         "checkpoint does not record: pass strip images as IMAGE arguments instead")
+    if args.layers:
+        raise ValueError("--layers picks the [CLS]-attention layers of a classifier's report; a captioner's report "
+                         "shows its decoder's last cross-attention layer: drop --layers")
+    size = tuple(record["img_size"])
+    images = torch.stack([load_image(p, in_chans=record["in_chans"], img_size=size) for p in paths])
+    return explain_caption(model, images, [str(p) for p in paths], vocab=Vocabulary(record["vocab"]),
+                           max_len=record["tgt_len"] - 1, mean=record["mean"], std=record["std"],
+                           overlay_size=args.overlay_size, out_dir=args.out, title=title)
+
+
 def run(args) -> int:
     from ..explain.report import explain, write_report  # matplotlib only when this command runs
 
@@ -97,14 +127,17 @@ def run(args) -> int:
     paths = None if args.study else image_paths(args.images)  # checked before the model is loaded
     loaded = load_model(args.checkpoint or args.model, name=args.name)
     model, data = loaded.model, loaded.record
-    if args.study:
-        images, names = _study_images(model, data, args.num_images)
-    else:
-        images, names = load_images(paths, data, normalise=False), [str(p) for p in paths]
     source = args.checkpoint or f"{args.model} (random weights)"
-    report = explain(model, images, names, classes=data.get("classes"), mean=data.get("mean"), std=data.get("std"),
-                     layers=args.layers, top_k=args.top_k, overlay_size=args.overlay_size, out_dir=args.out,
-                     title=f"vitkit explain: {source}")
+    if callable(getattr(model, "token_x", None)):  # a captioner (models/captioner.py)
+        report = _caption_report(args, model, data, paths, f"vitkit explain: {source}")
+    else:
+        if args.study:
+            images, names = _study_images(model, data, args.num_images)
+        else:
+            images, names = load_images(paths, data, normalise=False), [str(p) for p in paths]
+        report = explain(model, images, names, classes=data.get("classes"), mean=data.get("mean"),
+                         std=data.get("std"), layers=args.layers, top_k=args.top_k, overlay_size=args.overlay_size,
+                         out_dir=args.out, title=f"vitkit explain: {source}")
     if args.model:
         report.notes.insert(0, "Random weights: these maps show an untrained network and mean nothing.")
     for note in report.notes:

@@ -7,6 +7,7 @@
     window_attention_maps(swin, images, layer)         → (B, H, L, L)
     pos_embed_similarity(model)                        → (Gh, Gw, Gh, Gw)
     patch_embed_filters(model, k)                      → (k, C, P, P)
+    caption_attention(captioner, images, max_len)      → per image: (generated ids, (T, Gh, Gw))
 """
 from .attention import (
     GradAttentionRecorder,
@@ -23,11 +24,12 @@ from .attention import (
     upsample_to_image,
     window_attention_maps,
 )
+from .caption import caption_attention, place_grid
 from .embeddings import patch_embed_filters, pos_embed_similarity
 
 __all__ = [
-    "GradAttentionRecorder", "attention_distance", "attention_layers", "attention_rollout", "cls_attention",
-    "discard_lowest", "grad_rollout", "head_mean", "mean_attention_distance", "patch_distances",
-    "patch_embed_filters", "pos_embed_similarity", "record_attention_with_grad", "upsample_to_image",
+    "GradAttentionRecorder", "attention_distance", "attention_layers", "attention_rollout", "caption_attention",
+    "cls_attention", "discard_lowest", "grad_rollout", "head_mean", "mean_attention_distance", "patch_distances",
+    "patch_embed_filters", "place_grid", "pos_embed_similarity", "record_attention_with_grad", "upsample_to_image",
     "window_attention_maps",
 ]

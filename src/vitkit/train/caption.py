@@ -67,12 +67,12 @@ class Caption(Objective):
         entry = get_entry(cfg.model)
         base = {**(init.overrides if init and init.model_name == cfg.model else {}), **cfg.model_overrides}
         mcfg = model_config(cfg.model, **base)
+        mean, std = entry.mean, entry.std
         if cfg.data == "digit-strips":
             digits = build_dataset("mnist")
             train_digits, val_digits = split(digits, cfg.val_fraction, cfg.seed)
-            self.train_set = strips.DigitStrips(train_digits, cfg.train_size or STRIPS, cfg.seed, TRAIN_KEY,
-                                                entry.mean, entry.std)
-            self.val_set = strips.DigitStrips(val_digits, VAL_STRIPS, cfg.seed, VAL_KEY, entry.mean, entry.std)
+            self.train_set = strips.DigitStrips(train_digits, cfg.train_size or STRIPS, cfg.seed, TRAIN_KEY, mean, std)
+            self.val_set = strips.DigitStrips(val_digits, VAL_STRIPS, cfg.seed, VAL_KEY, mean, std)
             self.vocab, tgt_len, img_size, in_chans = self.train_set.vocab, self.train_set.tgt_len, strips.STRIP, 1
         else:
             root = Path(cfg.data)
@@ -85,15 +85,17 @@ class Caption(Objective):
             self.vocab = seq.Vocabulary.from_texts([c for _, c in train])
             tgt_len = max(len(c.split()) for _, c in items) + 2
             img_size, in_chans = tuple(mcfg.img_size), mcfg.in_chans
+            if len(mean) != in_chans:  # the entry's statistics are for another channel count
+                mean, std = (0.5,) * in_chans, (0.5,) * in_chans
             make = lambda part: strips.CaptionedFolder(root, None, self.vocab, img_size, in_chans, tgt_len,  # noqa
-                                                       entry.mean, entry.std, items=part)
+                                                       mean, std, items=part)
             self.train_set, self.val_set = make(train), make(val)
         self.tgt_len = tgt_len
         self.model_overrides = {**base, "vocab": len(self.vocab), "img_size": tuple(img_size), "in_chans": in_chans,
                                 "max_len": max(mcfg.max_len, tgt_len)}
         self.record = {"task": cfg.data if cfg.data == "digit-strips" else "folder", "vocab": self.vocab.tokens,
-                       "img_size": list(img_size), "in_chans": in_chans, "mean": list(entry.mean),
-                       "std": list(entry.std), "tgt_len": tgt_len}
+                       "img_size": list(img_size), "in_chans": in_chans, "mean": list(mean), "std": list(std),
+                       "tgt_len": tgt_len}
 
     @classmethod
     def read_init(cls, cfg):
@@ -228,6 +230,7 @@ def attention_on_digits(model: nn.Module, ds: strips.DigitStrips, device, most: 
 def attention_figure(model: nn.Module, ds: strips.DigitStrips, path: Path, device, count: int = 4) -> Path:
     """Rows of held-out strips; for each, the strip and, per generated digit, its cross-attention over the memory
     positions drawn on the strip (greedy captions)."""
+    from ..explain import place_grid
     from ..explain.plots import _figure
     x_of = model.token_x()
     place = ~torch.isnan(x_of)
@@ -239,7 +242,7 @@ def attention_figure(model: nn.Module, ds: strips.DigitStrips, path: Path, devic
         tokens = [int(c) for c in caption if int(c) > seq.EOS]
         tgt = torch.tensor([[seq.BOS, *tokens]], device=device)
         weights = model.align(image[None].to(device), tgt).float().cpu()[0]  # (T, N)
-        grid = _place_grid(model)
+        grid = place_grid(model)
         axes[r][0].imshow(image[0], cmap="gray")
         axes[r][0].set_title(" ".join(ds.vocab.tokens[t] for t in tokens), fontsize=8)
         for c in range(strips.MAX_DIGITS):
@@ -254,12 +257,3 @@ def attention_figure(model: nn.Module, ds: strips.DigitStrips, path: Path, devic
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
-
-
-def _place_grid(model: nn.Module) -> tuple[int, int]:
-    H, W = model.cfg.img_size
-    n = int((~torch.isnan(model.token_x())).sum())
-    for gh in range(1, n + 1):  # the grid of that many places with the image's aspect
-        if n % gh == 0 and abs((n // gh) / gh - W / H) < 1e-6:
-            return gh, n // gh
-    return 1, n
