@@ -1,7 +1,7 @@
 """The lectures' encoder–decoder claims, measured: each part is an ordinary `vitkit train` run under --runs-dir.
 
     python benchmarks/seq2seq_study.py [--parts copy reverse caption sat] [--threads 2] [--caption-epochs 15]
-        [--strips 8000]
+        [--strips 8000] [--encoder-epochs 0]
 
 copy      transformer_small on the Annotated Transformer's copy task: exact match of greedy decoding on the 1,000
           fresh validation sequences (lengths 1–10 over 8 symbols), Noam schedule
@@ -9,7 +9,9 @@ reverse   rnn_bahdanau (GRU encoder–decoder, additive attention) on the revers
           of attention each output token puts on the mirrored source position (alignment.json)
 caption   caption_vit_pico_patch4 on the digit strips (1–4 MNIST digits; held-out strips from held-out digits):
           exact match and per-token accuracy, greedy and beam search, BLEU-4, and how often the largest
-          cross-attention weight for digit t lies inside digit t's span (captions.json)
+          cross-attention weight for digit t lies inside digit t's span (captions.json). With --encoder-epochs N
+          its encoder starts (--init) from vit_pico_patch4_28 trained N epochs on the MNIST training split (the
+          same seed, so the held-out digits stay unseen)
 sat       caption_show_attend_tell on the same strips, the same figures
 
 Prints one line per part with its wall time; the figures also stay in each run folder.
@@ -35,6 +37,8 @@ def main() -> None:
     p.add_argument("--seq-epochs", type=int, default=8)
     p.add_argument("--caption-epochs", type=int, default=15)
     p.add_argument("--strips", type=int, default=8000, help="training strips for the captioners (default 8,000)")
+    p.add_argument("--encoder-epochs", type=int, default=0, help="pretrain the ViT captioner's encoder on MNIST "
+                                                                 "classification for this many epochs (0: scratch)")
     p.add_argument("--runs-dir", default="runs/seq2seq-study")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,9 +59,16 @@ def main() -> None:
                   f"there {align['argmax_on_source_position']:.3f}  [{minutes:.1f} min]", flush=True)
         else:
             model = "caption_vit_pico_patch4" if part == "caption" else "caption_show_attend_tell"
-            run = train(TrainConfig(**common, objective="caption", model=model, data="digit-strips",
-                                    epochs=args.caption_epochs, train_size=args.strips, name=part), overwrite=True,
-                        log=quiet)
+            init = None
+            if part == "caption" and args.encoder_epochs:
+                enc = train(TrainConfig(**common, data="mnist", model="vit_pico_patch4_28", epochs=args.encoder_epochs,
+                                        name="encoder"), overwrite=True, log=quiet)
+                init = str(enc.run_dir / "best.safetensors")
+                print(f"encoder  vit_pico_patch4_28 on MNIST digits, {args.encoder_epochs} epochs: held-out "
+                      f"val_acc {enc.best_score:.4f}", flush=True)
+            run = train(TrainConfig(**common, objective="caption", model=model, data="digit-strips", init=init,
+                                    epochs=args.caption_epochs, train_size=args.strips, warmup_epochs=1,
+                                    lr=1e-3 if init else None, name=part), overwrite=True, log=quiet)
             res = json.loads((run.run_dir / "captions.json").read_text())
             g, b = res["greedy"], res["beam4"]
             minutes = (time.perf_counter() - start) / 60

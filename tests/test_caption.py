@@ -15,6 +15,8 @@ from vitkit.train import TrainConfig, train
 from vitkit.train.caption import caption_metrics
 from vitkit.weights import load_checkpoint
 
+from resume import assert_resumes_exactly
+
 TINY_VIT = dict(encoder_depth=1, d_model=16, num_heads=2, d_ff=32, decoder_layers=1)
 
 
@@ -134,15 +136,7 @@ def test_vitkit_caption_prints_each_image_s_greedy_caption(caption_run, tmp_path
 
 
 def test_caption_resumes_exactly(tmp_path):
-    def stop(row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-    train(caption_cfg(tmp_path, "whole", epochs=2), log=lambda *_: None)
-    with pytest.raises(KeyboardInterrupt):
-        train(caption_cfg(tmp_path, "halves", epochs=2), on_epoch_end=stop, log=lambda *_: None)
-    train(caption_cfg(tmp_path, "halves", epochs=2), resume=True, log=lambda *_: None)
-    a, b = (load_checkpoint(tmp_path / n / "last.safetensors") for n in ("whole", "halves"))
-    assert max((a.state[k] - b.state[k]).abs().max().item() for k in a.state) == 0.0
+    assert_resumes_exactly(lambda name, epochs: caption_cfg(tmp_path, name, epochs), tmp_path)
 
 
 def test_the_caption_encoder_starts_from_an_mnist_vit(tmp_path):

@@ -9,6 +9,7 @@ from vitkit.models.mae import patchify, random_masking, unpatchify
 from vitkit.weights import hf
 
 from parity import add_noise, perturb
+from resume import assert_resumes_exactly
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -158,17 +159,7 @@ def test_mae_pretrains_on_the_trainer_and_its_encoder_fine_tunes(tmp_path):
 
 
 def test_mae_resumes_exactly(tmp_path):
-    from vitkit.train import train
-    from vitkit.weights import load_checkpoint
-    def stop(row):  # a kill after epoch 1 of 3
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-    train(mae_config(tmp_path, "whole", epochs=3), log=lambda *_: None)
-    with pytest.raises(KeyboardInterrupt):
-        train(mae_config(tmp_path, "halves", epochs=3), on_epoch_end=stop, log=lambda *_: None)
-    train(mae_config(tmp_path, "halves", epochs=3), resume=True, log=lambda *_: None)
-    a, b = (load_checkpoint(tmp_path / n / "last.safetensors") for n in ("whole", "halves"))
-    assert max((a.state[k] - b.state[k]).abs().max().item() for k in a.state) == 0.0
+    assert_resumes_exactly(lambda name, epochs: mae_config(tmp_path, name, epochs=epochs), tmp_path, epochs=3)
 
 
 def test_mae_refuses_label_mixing(tmp_path):

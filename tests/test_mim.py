@@ -16,6 +16,7 @@ from vitkit.weights import hf, load_checkpoint
 from vitkit.weights.converted import Converted
 
 from parity import add_noise, perturb
+from resume import assert_resumes_exactly
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -199,12 +200,4 @@ def test_mim_pretrains_on_the_trainer_and_its_encoder_fine_tunes(tmp_path):
 
 @pytest.mark.parametrize("target", ["tokens", "pixels"])
 def test_mim_resumes_exactly(tmp_path, target):
-    def stop(row):  # a kill after epoch 1 of 2
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-    train(mim_cfg(tmp_path, "whole", target=target), log=lambda *_: None)
-    with pytest.raises(KeyboardInterrupt):
-        train(mim_cfg(tmp_path, "halves", target=target), on_epoch_end=stop, log=lambda *_: None)
-    train(mim_cfg(tmp_path, "halves", target=target), resume=True, log=lambda *_: None)
-    a, b = (load_checkpoint(tmp_path / n / "last.safetensors") for n in ("whole", "halves"))
-    assert max((a.state[k] - b.state[k]).abs().max().item() for k in a.state) == 0.0
+    assert_resumes_exactly(lambda name, epochs: mim_cfg(tmp_path, name, epochs, target=target), tmp_path)

@@ -14,6 +14,8 @@ from vitkit.train.optim import lr_factor, noam
 from vitkit.train.seq2seq import smoothed_cross_entropy
 from vitkit.weights import load_checkpoint
 
+from resume import assert_resumes_exactly
+
 TINY = dict(d_model=32, num_heads=2, d_ff=64, encoder_layers=1, decoder_layers=1)
 
 
@@ -82,21 +84,14 @@ def s2s_cfg(tmp_path, name, epochs=2, data="copy", **kw):
 
 
 def test_seq2seq_trains_the_copy_task_on_the_runtime_and_resumes_exactly(tmp_path):
-    first = train(s2s_cfg(tmp_path, "whole", epochs=3), log=lambda *_: None)
+    first = train(s2s_cfg(tmp_path, "first", epochs=3), log=lambda *_: None)
     rows = first.metrics
     assert all(0 <= r["val_exact"] <= 1 and 0 <= r["val_token_acc"] <= 1 for r in rows)
     assert rows[-1]["val_nll"] < rows[0]["val_nll"] < math.log(11)  # learning, and better than uniform
     ckpt = load_checkpoint(first.run_dir / "best.safetensors")
     assert ckpt.model_name == "transformer_small" and ckpt.overrides["tgt_vocab"] == 11
 
-    def stop(row):  # a kill after epoch 1 of 3
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(s2s_cfg(tmp_path, "halves", epochs=3), on_epoch_end=stop, log=lambda *_: None)
-    train(s2s_cfg(tmp_path, "halves", epochs=3), resume=True, log=lambda *_: None)
-    a, b = (load_checkpoint(tmp_path / n / "last.safetensors") for n in ("whole", "halves"))
-    assert max((a.state[k] - b.state[k]).abs().max().item() for k in a.state) == 0.0
+    assert_resumes_exactly(lambda name, epochs: s2s_cfg(tmp_path, name, epochs), tmp_path, epochs=3)
 
 
 def test_seq2seq_reads_a_text_file_and_saves_its_vocabulary(tmp_path):

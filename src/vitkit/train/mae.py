@@ -115,10 +115,6 @@ class MAE(Pretraining):
 def reconstruction_figure(mae: MaskedAutoencoder, images: Tensor, noise: Tensor, record: dict, path: Path) -> Path:
     """One row per image: the image, what the encoder saw (removed patches grey), the reconstruction, and the
     reconstruction with the seen patches pasted back (as MAE's paper shows them)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     was_training = mae.training
     mae.eval()
     out = mae(images, noise=noise)
@@ -135,17 +131,30 @@ def reconstruction_figure(mae: MaskedAutoencoder, images: Tensor, noise: Tensor,
     seen = torch.where(unpatchify(hidden, mae.patch_size, mae.grid, images.shape[1]).bool(), gray, seen)
     columns = {"image": images, f"seen ({1 - out.mask[0].mean():.0%})": seen, "reconstruction": recon,
                "reconstruction + seen": pasted}
-    fig, axes = plt.subplots(len(images), len(columns), figsize=(2 * len(columns), 2 * len(images)), squeeze=False)
-    for c, (title, batch) in enumerate(columns.items()):
+    mse = (((out.pred.float() - mae.targets(images)) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
+    return image_columns(columns, record, f"MAE on held-out images: masked-patch MSE {mse:.4f}", path)
+
+
+def image_columns(columns: dict[str, Tensor], record: dict, title: str, path: Path) -> Path:
+    """A figure of columns of normalised images (B, C, H, W) each, one row per image, un-normalised with the
+    record's mean and std: what the masked-modelling objectives draw."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = torch.tensor(record["mean"]).reshape(1, -1, 1, 1)
+    std = torch.tensor(record["std"]).reshape(1, -1, 1, 1)
+    rows = len(next(iter(columns.values())))
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2 * len(columns), 2 * rows), squeeze=False)
+    for c, (name, batch) in enumerate(columns.items()):
         pixels = (batch * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        for r in range(len(images)):
+        for r in range(rows):
             ax = axes[r][c]
             ax.imshow(pixels[r].squeeze(-1) if pixels.shape[-1] == 1 else pixels[r], cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
-                ax.set_title(title, fontsize=9)
-    mse = (((out.pred.float() - mae.targets(images)) ** 2).mean(-1) * out.mask).sum() / out.mask.sum()
-    fig.suptitle(f"MAE on held-out images: masked-patch MSE {mse:.4f}", fontsize=10)
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

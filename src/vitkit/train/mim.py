@@ -32,7 +32,7 @@ from ..data.augment import rng
 from ..models.mae import patchify, unpatchify
 from ..models.mim import MaskedImageModel
 from .image_data import Transformed, eval_transform
-from .mae import Indexed
+from .mae import Indexed, image_columns
 from .objective import register_objective
 from .pretraining import Pretraining
 
@@ -126,10 +126,6 @@ class MIM(Pretraining):
 def mim_figure(mim: MaskedImageModel, images: Tensor, masks: Tensor, record: dict, path: Path) -> Path:
     """One row per image: the image, what the encoder saw (hidden patches grey), the prediction pasted into the
     hidden patches, and (tokens) the true tokens drawn from the codebook in the same places."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     was_training = mim.training
     mim.eval()
     out = mim(images, mask=masks)
@@ -154,17 +150,4 @@ def mim_figure(mim: MaskedImageModel, images: Tensor, masks: Tensor, record: dic
     else:
         columns["prediction"] = paste(out.logits.float())
         title = f"MIM (pixels) on held-out images: hidden-patch L1 {out.loss:.4f}"
-    fig, axes = plt.subplots(len(images), len(columns), figsize=(2 * len(columns), 2 * len(images)), squeeze=False)
-    for c, (name, batch) in enumerate(columns.items()):
-        pixels = (batch * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-        for r in range(len(images)):
-            ax = axes[r][c]
-            ax.imshow(pixels[r].squeeze(-1) if pixels.shape[-1] == 1 else pixels[r], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return image_columns(columns, record, title, path)
