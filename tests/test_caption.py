@@ -72,7 +72,7 @@ def test_captioners_decode_the_same_with_and_without_the_cache(name):
     assert x.min() > 0 and x.max() < STRIP[1] and len(x.unique()) == 28  # 28 columns of 4 pixels
 
 
-def test_show_attend_tell_s_regulariser_is_lambda_sum_of_one_minus_total_attention_squared():
+def test_show_attend_tell_s_regulariser_is_lambda_times_one_minus_total_attention_squared():
     torch.manual_seed(0)
     model = vitkit.create_model("caption_show_attend_tell", channels=8, embed_dim=8, hidden=16, attn_dim=8,
                                 alpha_c=0.5).eval()
@@ -80,7 +80,7 @@ def test_show_attend_tell_s_regulariser_is_lambda_sum_of_one_minus_total_attenti
     model(images, tgt)
     alphas = model.align(images, tgt)  # (B, T, N)
     real = (tgt != 0)[..., None].float()
-    want = 0.5 * ((1 - (alphas * real).sum(1)) ** 2).sum(1).mean()
+    want = 0.5 * ((1 - (alphas * real).sum(1)) ** 2).mean()
     torch.testing.assert_close(model.penalty, want)
 
 

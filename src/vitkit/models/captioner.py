@@ -3,9 +3,9 @@
     Captioner       any registered image model (a ViT, a CNN; optionally from --init) → its tokens, or its
                     feature map's positions with 2-D sin-cos embeddings, projected to d → the Transformer's
                     decoder (models/transformer.py) cross-attends to them
-    ShowAttendTell  Xu et al., 2015: a small CNN's feature map (14×… positions of 64 channels) → an LSTM with
+    ShowAttendTell  Xu et al., 2015: a small CNN's feature map (7×28 positions of 64 channels) → an LSTM with
                     additive attention and its gate β (models/rnn.AttentionDecoder); the doubly stochastic
-                    regulariser λ · Σ_positions (1 - Σ_t α_t)² asks every position to be looked at about once
+                    regulariser λ · (1 - Σ_t α_t)², averaged over positions, asks every position to be looked at
 
 Both have the seams vitkit.generate decodes through (encode, decode with a cache, generator, new_cache), so greedy
 and beam search caption with either; `align(images, tgt)` gives the attention of each target token over the
@@ -151,13 +151,16 @@ class ShowAttendTell(AttentionRNNBase):
         return Memory(states, mask)
 
     def forward(self, images: Tensor, tgt: Tensor) -> Tensor:
-        """As AttentionRNNBase.forward; also sets `penalty`, λ · mean over images of Σ_positions (1 - Σ_t α_t)²
-        over the real (non-padding) target steps, which the caption objective adds to its loss."""
+        """As AttentionRNNBase.forward; also sets `penalty`, λ · (1 - Σ_t α_t)² averaged over images and positions,
+        Σ_t over the real (non-padding) target steps, which the caption objective adds to its loss. The paper
+        sums over the positions; with 196 positions and a few words that sum is about 190 whatever the
+        attention does and swamps the caption loss, so it is averaged, as the common PyTorch implementation of
+        Show, Attend and Tell does (λ · 196 recovers the paper's)."""
         state = RNNState()
         logits = self.generator(self.decode(tgt, self.encode(images), state))
         alphas = torch.stack(state.weights, dim=1)            # (B, T, N)
         real = (tgt != self.cfg.pad_id)[..., None].float()
-        self.penalty = self.cfg.alpha_c * ((1 - (alphas * real).sum(1)) ** 2).sum(1).mean()
+        self.penalty = self.cfg.alpha_c * ((1 - (alphas * real).sum(1)) ** 2).mean()
         return logits
 
     def token_x(self) -> Tensor:

@@ -150,7 +150,7 @@ class Caption(Objective):
         loss = smoothed_cross_entropy(logits, tgt[:, 1:], self.cfg.label_smoothing, seq.PAD)
         penalty = getattr(getattr(model, "module", model), "penalty", None)
         if penalty is not None:
-            return loss + penalty, {"attention_penalty": float(penalty)}
+            return loss + penalty, {"attention_penalty": float(penalty.detach())}
         return loss, {}
 
     def _decode(self, model, images: Tensor, beam: int) -> Tensor:
