@@ -15,6 +15,8 @@ logs, plots and progress. An objective owns the rest:
     begin_step / before_update / end_step   per-step hooks: before the micro-batches (schedules), between the
                              gradients and the update (freezing), after the update (a teacher's EMA)
     finish(model, run_dir)   figures of its own, written by rank 0 after the last epoch
+    read_init / model_of     how --init is read (a captioner takes a classifier's checkpoint as its encoder), and
+                             which model a run trains when --model is not given
 
 A new objective is a subclass registered in OBJECTIVES; it touches no runtime code.
 """
