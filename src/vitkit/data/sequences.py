@@ -119,21 +119,27 @@ class TextPairs(Dataset):
         return pad(s, self.src_len), pad([BOS, *t, EOS], self.tgt_len)
 
 
+def read_tab_pairs(path: Path, layout: str) -> list[tuple[int, str, str]]:
+    """(line number, left, right) of each non-blank 'left<TAB>right' line of `path`, both sides stripped. A line
+    without a tab is an error naming it and `layout` (e.g. 'source<TAB>target'). The file must exist."""
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise DataError(f"{path}:{n} has no tab: each line is '{layout}' (write a tab between the two sides)")
+        left, right = line.split("\t", 1)
+        pairs.append((n, left.strip(), right.strip()))
+    return pairs
+
+
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """'source<TAB>target' lines; blank lines are skipped. A line without a tab is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} is not a file; --data for --objective seq2seq is 'copy', 'reverse' or a text file "
                         f"of 'source<TAB>target' lines")
-    pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if "\t" not in line:
-            raise DataError(f"{path}:{n} has no tab: each line is 'source<TAB>target' (write the pair with a tab "
-                            f"between the two sides)")
-        src, tgt = line.split("\t", 1)
-        pairs.append((src.strip(), tgt.strip()))
+    pairs = [(src, tgt) for _, src, tgt in read_tab_pairs(path, "source<TAB>target")]
     if len(pairs) < 2:
         raise DataError(f"{path} holds {len(pairs)} pair(s); a run needs at least 2 (one to train, one to hold out)")
     return pairs

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from .augment import rng
 from .datasets import DataError, load_image
-from .sequences import BOS, EOS, Vocabulary, pad
+from .sequences import BOS, EOS, Vocabulary, pad, read_tab_pairs
 from .transforms import normalize
 
 DIGIT = 28
@@ -98,12 +98,7 @@ def read_captions(path: str | Path, root: Path) -> list[tuple[str, str]]:
         raise DataError(f"no captions file {path}: an image folder for --objective caption needs one, with a "
                         f"'file name<TAB>caption' line per image")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if "\t" not in line:
-            raise DataError(f"{path}:{n} has no tab: each line is 'file name<TAB>caption'")
-        name, caption = (part.strip() for part in line.split("\t", 1))
+    for n, name, caption in read_tab_pairs(path, "file name<TAB>caption"):
         if not (root / name).is_file():
             raise DataError(f"{path}:{n} names {name}, which is not a file in {root}")
         items.append((name, caption))

@@ -213,8 +213,9 @@ def attention_on_digits(model: nn.Module, ds: strips.DigitStrips, device, most: 
     n = min(most, len(ds))
     for start in range(0, n, 128):
         idx = list(range(start, min(n, start + 128)))
-        images = torch.stack([ds[i][0] for i in idx]).to(device)
-        tgt = torch.stack([ds[i][1] for i in idx]).to(device)
+        items = [ds[i] for i in idx]  # each strip composed once
+        images = torch.stack([image for image, _ in items]).to(device)
+        tgt = torch.stack([caption for _, caption in items]).to(device)
         weights = model.align(images, tgt[:, :-1]).float().cpu()  # (B, T, N): row t predicts token t + 1
         for b, i in enumerate(idx):
             for t, (x0, x1) in enumerate(ds.spans(i)):
