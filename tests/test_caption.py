@@ -17,7 +17,8 @@ from vitkit.weights import load_checkpoint
 
 from resume import assert_resumes_exactly
 
-TINY_VIT = dict(encoder_depth=1, d_model=16, num_heads=2, d_ff=32, decoder_layers=1)
+TINY_DECODER = dict(d_model=16, num_heads=2, d_ff=32, decoder_layers=1)
+TINY_VIT = dict(encoder_depth=1, **TINY_DECODER)
 
 
 def fake_digits(n=40):
@@ -54,6 +55,38 @@ def test_held_out_strips_use_only_held_out_digit_images():
     assert not held_out & set(train_digits.indices)
 
 
+def test_fresh_training_strips_are_drawn_anew_each_epoch_from_the_item_key():
+    ds = DigitStrips(fake_digits(), 20, seed=0, key=1, fresh=True)
+    epoch = lambda e: [ds.layout(i, e) for i in range(20)]  # noqa: E731
+    assert epoch(0) != epoch(1) and epoch(1) == epoch(1)
+    key = (0, 3, 0, 0, 0, 5)  # (seed, epoch, step, micro-batch, 0, position): the runtime's item key
+    assert torch.equal(ds[(5, key)][0], ds[(5, key)][0])
+    layout = ds.layout(5, 3)
+    image, caption = ds[(5, key)]
+    assert ds.vocab.decode(caption[1:]) == " ".join(str(int(ds.digits[p][1])) for p, _ in layout)
+    assert torch.equal(image[:, :, layout[0][1]:layout[0][1] + 28], (ds.digits[layout[0][0]][0] - 0.5) / 0.5)
+    fixed = DigitStrips(fake_digits(), 20, seed=0, key=1)  # validation strips: the index alone
+    assert torch.equal(fixed[(5, key)][0], fixed[5][0])
+
+
+def test_a_cnn_encoder_s_feature_map_is_the_captioner_s_place_grid():
+    model = vitkit.create_model("caption_resnet_pico", **TINY_DECODER).eval()
+    assert model.place_grid() == (0, 4, 14)  # a stride-8 map of the 28×112 strip
+    x = model.token_x()
+    assert len(x) == 56 and not x.isnan().any() and len(x.unique()) == 14 and x.min() == 4.0
+    weights = model.align(torch.randn(2, 1, *STRIP), torch.ones(2, 3, dtype=torch.long))
+    assert weights.shape == (2, 3, 56)
+
+
+def test_show_attend_tell_reads_a_registered_cnn_s_feature_map():
+    model = vitkit.create_model("caption_show_attend_tell", encoder="resnet_pico_28", embed_dim=8, hidden=16,
+                                attn_dim=8).eval()
+    assert model.place_grid() == (0, 4, 14) and len(model.token_x().unique()) == 14
+    images = torch.randn(2, 1, *STRIP)
+    assert model.encode(images).states.shape == (2, 56, 64)  # resnet_pico_28's 64 channels at 56 places
+    assert torch.equal(greedy(model, images, 5), beam_search(model, images, 5, beam=1))
+
+
 @pytest.mark.parametrize("name", ["caption_vit_pico_patch4", "caption_show_attend_tell"])
 def test_captioners_decode_the_same_with_and_without_the_cache(name):
     torch.manual_seed(0)
@@ -88,14 +121,16 @@ def test_caption_metrics():
     vocab = DigitStrips(fake_digits(), 1, 0, 0).vocab
     target = torch.tensor([[4, 5, 6, 7, 2], [3, 2, 0, 0, 0]])
     same = caption_metrics(target, target, vocab)
-    assert same == {"exact": 1.0, "token_acc": 1.0, "bleu": pytest.approx(100.0)}
+    assert same == {"exact": 1.0, "token_acc": 1.0, "word_acc": 1.0, "bleu": pytest.approx(100.0)}
     wrong = caption_metrics(torch.tensor([[4, 5, 6, 8, 2], [3, 2, 0, 0, 0]]), target, vocab)
     assert wrong["exact"] == 0.5 and wrong["token_acc"] == pytest.approx(6 / 7) and wrong["bleu"] < 100
+    assert wrong["word_acc"] == pytest.approx(4 / 5)  # five digits, one wrong; the two EOS left out
 
 
 def caption_cfg(tmp_path, name, epochs=1, **kw):
     return TrainConfig(objective="caption", data="digit-strips", runs_dir=str(tmp_path), name=name, epochs=epochs,
-                       batch_size=32, train_size=64, progress=False, threads=1, model_overrides=dict(TINY_VIT), **kw)
+                       batch_size=32, train_size=64, progress=False, threads=1, model_overrides=dict(TINY_VIT),
+                       **{"model": "caption_vit_pico_patch4", **kw})
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +141,9 @@ def caption_run(tmp_path_factory):
 
 def test_the_caption_objective_trains_and_reports_greedy_beam_and_attention(caption_run):
     row = caption_run.metrics[-1]
-    assert {"val_exact", "val_token_acc", "val_bleu"} <= set(row)
+    assert {"val_exact", "val_token_acc", "val_word_acc", "val_bleu"} <= set(row)
     result = json.loads((caption_run.run_dir / "captions.json").read_text())
-    assert set(result["greedy"]) == {"exact", "token_acc", "bleu"} and set(result["beam4"]) == set(result["greedy"])
+    assert set(result["greedy"]) == {"exact", "token_acc", "word_acc", "bleu"} and set(result["beam4"]) == set(result["greedy"])
     assert 0 <= result["attention"]["argmax_in_span"] <= 1 and result["attention"]["digits"] > 1000
     assert (caption_run.run_dir / "attention.png").stat().st_size > 5_000
     record = load_checkpoint(caption_run.run_dir / "best.safetensors").data
@@ -164,7 +199,7 @@ def test_an_image_folder_with_a_captions_file_trains(tmp_path):
     (folder / "captions.txt").write_text("\n".join(lines) + "\n")
     run = train(TrainConfig(objective="caption", data=str(folder), runs_dir=str(tmp_path), name="f", epochs=1,
                             batch_size=2, progress=False, threads=1, val_fraction=0.34,
-                            model_overrides=dict(TINY_VIT, img_size=(16, 16), in_chans=3)), log=lambda *_: None)
+                            model_overrides=dict(TINY_DECODER, img_size=(16, 16), in_chans=3)), log=lambda *_: None)
     record = load_checkpoint(run.run_dir / "best.safetensors").data
     assert record["task"] == "folder" and {"a", "red", "blue", "thing"} <= set(record["vocab"])
     assert record["img_size"] == [16, 16] and record["in_chans"] == 3
@@ -172,5 +207,5 @@ def test_an_image_folder_with_a_captions_file_trains(tmp_path):
     from vitkit.data.datasets import DataError
     with pytest.raises(DataError, match="missing.png, which is not a file"):
         train(TrainConfig(objective="caption", data=str(folder), runs_dir=str(tmp_path), name="g", epochs=1,
-                          progress=False, model_overrides=dict(TINY_VIT, img_size=(16, 16), in_chans=3)),
+                          progress=False, model_overrides=dict(TINY_DECODER, img_size=(16, 16), in_chans=3)),
               log=lambda *_: None)

@@ -215,8 +215,8 @@ def caption_setup(tmp_path_factory):
     from vitkit.weights import load_checkpoint
 
     tmp = tmp_path_factory.mktemp("explain_caption")
-    run = train(TrainConfig(objective="caption", data="digit-strips", runs_dir=str(tmp), name="c", epochs=1,
-                            batch_size=32, train_size=64, progress=False, threads=1, model_overrides=CAPTION_VIT),
+    run = train(TrainConfig(objective="caption", data="digit-strips", model="caption_vit_pico_patch4",
+                            runs_dir=str(tmp), name="c", epochs=1, batch_size=32, train_size=64, progress=False, threads=1, model_overrides=CAPTION_VIT),
                 log=lambda *_: None)
     vit = run.run_dir / "best.safetensors"
     record = load_checkpoint(vit).data

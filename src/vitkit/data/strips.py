@@ -3,7 +3,9 @@ their digits in order; and image folders with a captions file.
 
 A strip is a (1, 28, 112) canvas (four digits' width) with n digits pasted left to right at random offsets
 (the free width is split at random among the n + 1 gaps, so digits never overlap and their places vary). Each
-strip i is a function of rng(seed, key, i): how many digits, which images, the gaps. The training strips draw
+strip i is a function of rng(seed, key, i): how many digits, which images, the gaps; with `fresh`, strip i of a
+training batch is drawn anew every epoch from rng(seed, key, epoch, i), so each epoch composes new strips from
+the same digit images (the runtime's item keys carry the epoch; exact resume is kept). The training strips draw
 only from the training split's digit images and the validation strips only from the held-out ones, so no
 held-out strip shows a digit image the model trained on. Each item is (image normalised, caption ids); `spans`
 gives each digit's horizontal extent, which the attention measurement checks against.
@@ -36,10 +38,10 @@ def digit_vocabulary() -> Vocabulary:
 class DigitStrips(Dataset):
     """`size` strips from `digits` (a dataset of (1, 28, 28) images in [0, 1] and labels 0–9)."""
 
-    def __init__(self, digits: Dataset, size: int, seed: int, key: int, mean=(0.5,), std=(0.5,)):
+    def __init__(self, digits: Dataset, size: int, seed: int, key: int, mean=(0.5,), std=(0.5,), fresh: bool = False):
         if len(digits) == 0:
             raise DataError("no digit images to compose strips from")
-        self.digits, self.size, self.seed, self.key = digits, size, seed, key
+        self.digits, self.size, self.seed, self.key, self.fresh = digits, size, seed, key, fresh
         self.mean, self.std = tuple(mean), tuple(std)
         self.vocab = digit_vocabulary()
         self.tgt_len = MAX_DIGITS + 2
@@ -47,9 +49,9 @@ class DigitStrips(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def layout(self, i: int) -> list[tuple[int, int]]:
-        """[(digit image index, left x)] of strip i, left to right."""
-        g = rng(self.seed, self.key, i)
+    def layout(self, i: int, epoch: int | None = None) -> list[tuple[int, int]]:
+        """[(digit image index, left x)] of strip i (of that epoch, for fresh strips), left to right."""
+        g = rng(self.seed, self.key, i) if epoch is None else rng(self.seed, self.key, epoch, i)
         n = int(torch.randint(1, MAX_DIGITS + 1, (1,), generator=g))
         picks = torch.randint(0, len(self.digits), (n,), generator=g).tolist()
         free = STRIP[1] - n * DIGIT
@@ -61,10 +63,10 @@ class DigitStrips(Dataset):
         return [(x, x + DIGIT) for _, x in self.layout(i)]
 
     def __getitem__(self, item) -> tuple[Tensor, Tensor]:
-        i = item[0] if isinstance(item, tuple) else item
+        i, epoch = (item[0], item[1][1]) if isinstance(item, tuple) else (item, None)  # key: (seed, epoch, ...)
         canvas = torch.zeros(1, *STRIP)
         caption = []
-        for p, x in self.layout(i):
+        for p, x in self.layout(i, epoch if self.fresh else None):
             image, label = self.digits[p]
             canvas[:, :, x:x + DIGIT] = torch.maximum(canvas[:, :, x:x + DIGIT], image[:1])
             caption.append(3 + int(label))

@@ -4,7 +4,7 @@
     place_grid(model)                         → (Gh, Gw) of the memory positions that are places
 
 For the captioners of models/captioner.py (Captioner, ShowAttendTell): any model with `align(images, tgt)`
-(B, T, N), `token_x()` (N,) with NaN for a position that is no place (a ViT's [CLS]), and the seams
+(B, T, N), `place_grid()` (prefix, Gh, Gw), `token_x()` (N,) with NaN for a position that is no place (a ViT's [CLS]), and the seams
 vitkit.generate decodes through.
 """
 from __future__ import annotations
@@ -16,19 +16,9 @@ from ..generate import greedy
 
 
 def place_grid(model: nn.Module) -> tuple[int, int]:
-    """(Gh, Gw): the grid, in row-major order, of the captioner's memory positions that are places. A ViT
-    encoder's patch grid; otherwise (a CNN's feature map) the grid of that many places with the image's aspect."""
-    n = int((~torch.isnan(model.token_x())).sum())
-    patch_embed = getattr(getattr(model, "encoder", None), "patch_embed", None)
-    if patch_embed is not None:
-        gh, gw = patch_embed.grid_size
-        if gh * gw == n:
-            return int(gh), int(gw)
-    H, W = model.cfg.img_size
-    for gh in range(1, n + 1):
-        if n % gh == 0 and abs((n // gh) / gh - W / H) < 1e-6:
-            return gh, n // gh
-    return 1, n
+    """(Gh, Gw): the grid, in row-major order, of the captioner's memory positions that are places."""
+    _, gh, gw = model.place_grid()
+    return int(gh), int(gw)
 
 
 @torch.no_grad()

@@ -3,14 +3,16 @@
     Captioner       any registered image model (a ViT, a CNN; optionally from --init) → its tokens, or its
                     feature map's positions with 2-D sin-cos embeddings, projected to d → the Transformer's
                     decoder (models/transformer.py) cross-attends to them
-    ShowAttendTell  Xu et al., 2015: a small CNN's feature map (7×28 positions of 64 channels) → an LSTM with
+    ShowAttendTell  Xu et al., 2015: a CNN's feature map (a small one's 7×28 positions of 64 channels, or a
+                    registered CNN's, optionally from --init) → an LSTM with
                     additive attention and its gate β (models/rnn.AttentionDecoder); the doubly stochastic
                     regulariser λ · (1 - Σ_t α_t)², averaged over positions, asks every position to be looked at
 
 Both have the seams vitkit.generate decodes through (encode, decode with a cache, generator, new_cache), so greedy
 and beam search caption with either; `align(images, tgt)` gives the attention of each target token over the
-memory positions (B, T, N), and `token_x()` the horizontal centre, in pixels, of each memory position (NaN for
-a [CLS]-like token), which is what "the attention lands on the digit being written" is measured with.
+memory positions (B, T, N), `place_grid()` how those positions lie on the image, and `token_x()` the horizontal
+centre, in pixels, of each memory position (NaN for a [CLS]-like token), which is what "the attention lands on
+the digit being written" is measured with.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class CaptionerConfig:
 
 
 def _image_encoder(cfg) -> nn.Module:
-    extra = {"depth": cfg.encoder_depth} if cfg.encoder_depth else {}
+    extra = {"depth": cfg.encoder_depth} if getattr(cfg, "encoder_depth", None) else {}
     H, W = cfg.img_size
     return create_model(cfg.encoder, num_classes=0, img_size=(H, W), in_chans=cfg.in_chans, **extra)
 
@@ -96,19 +98,29 @@ class Captioner(nn.Module):
             self(images, tgt)
         return rec.maps[name][0].mean(dim=1)
 
-    def token_x(self) -> Tensor:
-        """(N,) the horizontal centre in pixels of each memory position; NaN for tokens that are not a place."""
-        H, W = self.cfg.img_size
+    def place_grid(self) -> tuple[int, int, int]:
+        """(prefix, Gh, Gw): the memory holds `prefix` tokens that are not places (a ViT's [CLS]), then a Gh×Gw grid
+        of places in row-major order (a ViT's patches, or a CNN's feature map)."""
         enc = self.encoder
         if hasattr(enc, "patch_embed"):
-            gh, gw = enc.patch_embed.grid_size
-            prefix = enc.num_prefix_tokens
-        else:  # a CNN: its output stride from a dry run
-            with torch.no_grad():
-                gh, gw = enc.forward_features(torch.zeros(1, self.cfg.in_chans, H, W)).shape[-2:]
-            prefix = 0
-        cols = (torch.arange(gh * gw) % gw + 0.5) * (W / gw)
-        return torch.cat([torch.full((prefix,), float("nan")), cols])
+            return enc.num_prefix_tokens, *enc.patch_embed.grid_size
+        return 0, *_map_grid(enc.forward_features, self.cfg)
+
+    def token_x(self) -> Tensor:
+        """(N,) the horizontal centre in pixels of each memory position; NaN for tokens that are not a place."""
+        return _token_x(*self.place_grid(), self.cfg.img_size[1])
+
+
+def _map_grid(features, cfg) -> tuple[int, int]:
+    """(h, w) of the feature map `features` makes of an image of cfg.img_size: a dry run, as a CNN's output size
+    depends on its strides and paddings."""
+    with torch.no_grad():
+        return tuple(features(torch.zeros(1, cfg.in_chans, *cfg.img_size)).shape[-2:])
+
+
+def _token_x(prefix: int, gh: int, gw: int, width: int) -> Tensor:
+    cols = (torch.arange(gh * gw) % gw + 0.5) * (width / gw)
+    return torch.cat([torch.full((prefix,), float("nan")), cols])
 
 
 # ---- Show, Attend and Tell ---------------------------------------------------------------------------------------
@@ -117,7 +129,9 @@ class ShowAttendTellConfig:
     img_size: tuple[int, int] = (28, 112)
     in_chans: int = 1
     vocab: int = 13
-    channels: int = 64          # the CNN's feature width (two conv-conv-pool stages: 32, then this)
+    encoder: str | None = None  # a registered CNN for the features (its feature map; optionally from --init), or
+                                # None: the small CNN below (two conv-conv-pool stages, 32 then `channels` wide)
+    channels: int = 64          # the small CNN's feature width
     embed_dim: int = 64
     hidden: int = 256           # the LSTM's state
     attn_dim: int = 128
@@ -137,15 +151,23 @@ class ShowAttendTell(AttentionRNNBase):
     def __init__(self, cfg: ShowAttendTellConfig):
         super().__init__()
         self.cfg = cfg
-        C = cfg.channels
-        self.encoder = nn.Sequential(_conv(cfg.in_chans, 32), _conv(32, 32), nn.MaxPool2d(2),
-                                     _conv(32, C), _conv(C, C), nn.MaxPool2d(2))  # stride 4
+        if cfg.encoder:
+            self.encoder = _image_encoder(cfg)
+            C = self.encoder.num_features
+        else:
+            C = cfg.channels
+            self.encoder = nn.Sequential(_conv(cfg.in_chans, 32), _conv(32, 32), nn.MaxPool2d(2),
+                                         _conv(32, C), _conv(C, C), nn.MaxPool2d(2))  # stride 4
         self.decoder = AttentionDecoder(cfg.vocab, cfg.embed_dim, cfg.hidden, C, cfg.attn_dim, cfg.dropout,
                                         cfg.pad_id, cell="lstm", gate=True)
         self.penalty: Tensor | None = None  # the regulariser of the last teacher-forced forward
 
+    def features(self, images: Tensor) -> Tensor:
+        """(B, C_in, H, W) → the CNN's feature map (B, C, h, w)."""
+        return self.encoder.forward_features(images) if self.cfg.encoder else self.encoder(images)
+
     def encode(self, images: Tensor) -> Memory:
-        f = self.encoder(images)                              # (B, C, h, w)
+        f = self.features(images)                             # (B, C, h, w)
         states = f.flatten(2).transpose(1, 2)                 # (B, h·w, C)
         mask = torch.ones(states.shape[0], 1, 1, states.shape[1], dtype=torch.bool, device=states.device)
         return Memory(states, mask)
@@ -163,15 +185,20 @@ class ShowAttendTell(AttentionRNNBase):
         self.penalty = self.cfg.alpha_c * ((1 - (alphas * real).sum(1)) ** 2).mean()
         return logits
 
+    def place_grid(self) -> tuple[int, int, int]:
+        """(0, h, w): every memory position is a place of the feature map."""
+        return 0, *_map_grid(self.features, self.cfg)
+
     def token_x(self) -> Tensor:
-        H, W = self.cfg.img_size
-        gw = W // 4
-        return (torch.arange((H // 4) * gw) % gw + 0.5) * 4.0
+        return _token_x(*self.place_grid(), self.cfg.img_size[1])
 
 
 register(ModelEntry("caption_vit_pico_patch4", "captioner", CaptionerConfig(), Captioner, mean=(0.5,), std=(0.5,),
                     inputs="image+tokens", tags=("mnist",),
                     tiny=dict(encoder_depth=1, d_model=16, num_heads=2, d_ff=32, decoder_layers=1)))
+register(ModelEntry("caption_resnet_pico", "captioner", CaptionerConfig(encoder="resnet_pico_28"), Captioner,
+                    mean=(0.5,), std=(0.5,), inputs="image+tokens", tags=("mnist",),
+                    tiny=dict(d_model=16, num_heads=2, d_ff=32, decoder_layers=1)))
 register(ModelEntry("caption_show_attend_tell", "captioner", ShowAttendTellConfig(), ShowAttendTell, mean=(0.5,),
                     std=(0.5,), inputs="image+tokens", tags=("mnist",),
                     tiny=dict(channels=8, embed_dim=8, hidden=16, attn_dim=8)))

@@ -219,3 +219,11 @@ _TINY = dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8, img_si
 for _name, (_block, _layers) in RESNET_SIZES.items():
     register(ModelEntry(_name, "resnet", ResNetConfig(block=_block, layers=_layers), ResNet,
                         mean=IMAGENET_MEAN, std=IMAGENET_STD, tiny=_TINY))
+
+# A small-data CNN for MNIST: two basic-block stages (32, 64 channels) after a 32-channel stem, output stride 8
+# (a 28×28 digit → a 4×4 map). The captioners' CNN encoder, and the CNN of the small-data comparisons. Two
+# blocks need no zero-initialised last gain (a trick for deep ResNets), so every layer learns from the first step.
+register(ModelEntry("resnet_pico_28", "resnet",
+                    ResNetConfig(block="basic", layers=(1, 1), channels=(32, 64), stem_width=32, img_size=28,
+                                 in_chans=1, num_classes=10, zero_init_last=False), ResNet, mean=(0.5,), std=(0.5,),
+                    tags=("mnist",), tiny=dict(channels=(8, 16), stem_width=8)))

@@ -1,6 +1,6 @@
 """The captioning objective: an image encoder and an attending decoder, on the one trainer.
 
-    vitkit train --objective caption --data digit-strips --epochs 20             # caption_vit_pico_patch4
+    vitkit train --objective caption --data digit-strips --epochs 20             # caption_resnet_pico
     vitkit train --objective caption --model caption_show_attend_tell --data digit-strips
     vitkit train --objective caption --data photos/ --opt img_size=[224,224]      # photos/captions.txt
 
@@ -13,6 +13,7 @@ cross-entropy over the caption tokens, plus Show-Attend-Tell's attention regular
 
     val_exact      share of validation captions that greedy decoding gets exactly right (picks best)
     val_token_acc  share of the caption's tokens (EOS included) that greedy decoding gets right, position by position
+    val_word_acc   the same over the caption's words alone (EOS left out): per digit, for the digit strips
     val_bleu       corpus BLEU-4 of the greedy captions (sacrebleu)
 
 After the last epoch, captions.json compares greedy decoding with beam search on the validation split, and
@@ -45,15 +46,18 @@ BEAM = 4
 
 def caption_metrics(pred: Tensor, target: Tensor, vocab: seq.Vocabulary) -> dict[str, float]:
     """pred, target: (B, L) ids after BOS (EOS, then padding). Exact match, per-token accuracy over the target's
-    tokens (EOS included), and corpus BLEU-4."""
+    tokens (EOS included), per-word accuracy over its words alone (for digit strips: per digit), and corpus
+    BLEU-4."""
     import sacrebleu
     L = max(pred.shape[1], target.shape[1])
     pred = nn.functional.pad(pred, (0, L - pred.shape[1]), value=seq.PAD)
     target = nn.functional.pad(target, (0, L - target.shape[1]), value=seq.PAD)
     real = target != seq.PAD
+    words = real & (target != seq.EOS)
     bleu = sacrebleu.corpus_bleu([vocab.decode(p) for p in pred], [[vocab.decode(t) for t in target]])
     return {"exact": float((pred == target).all(1).float().mean()),
-            "token_acc": float(((pred == target) & real).sum() / real.sum()), "bleu": float(bleu.score)}
+            "token_acc": float(((pred == target) & real).sum() / real.sum()),
+            "word_acc": float(((pred == target) & words).sum() / words.sum().clamp(min=1)), "bleu": float(bleu.score)}
 
 
 @register_objective
@@ -71,7 +75,8 @@ class Caption(Objective):
         if cfg.data == "digit-strips":
             digits = build_dataset("mnist")
             train_digits, val_digits = split(digits, cfg.val_fraction, cfg.seed)
-            self.train_set = strips.DigitStrips(train_digits, cfg.train_size or STRIPS, cfg.seed, TRAIN_KEY, mean, std)
+            self.train_set = strips.DigitStrips(train_digits, cfg.train_size or STRIPS, cfg.seed, TRAIN_KEY, mean, std,
+                                               fresh=True)
             self.val_set = strips.DigitStrips(val_digits, VAL_STRIPS, cfg.seed, VAL_KEY, mean, std)
             self.vocab, tgt_len, img_size, in_chans = self.train_set.vocab, self.train_set.tgt_len, strips.STRIP, 1
         else:
@@ -169,9 +174,11 @@ class Caption(Objective):
         model.train(was_training)
         pred = torch.cat([nn.functional.pad(p, (0, self.tgt_len - 1 - p.shape[1]), value=seq.PAD) for p in preds])
         m = caption_metrics(pred, torch.cat(targets), self.vocab)
-        n = torch.tensor([m["exact"] * len(pred), m["token_acc"], m["bleu"], len(pred), 1.0], dtype=torch.float64)
+        n = torch.tensor([m["exact"] * len(pred), m["token_acc"], m["word_acc"], m["bleu"], len(pred), 1.0],
+                         dtype=torch.float64)
         procs.all_reduce(n)  # exact counts add; token accuracy and BLEU are averaged over processes
-        return {"val_exact": float(n[0] / n[3]), "val_token_acc": float(n[1] / n[4]), "val_bleu": float(n[2] / n[4])}
+        return {"val_exact": float(n[0] / n[4]), "val_token_acc": float(n[1] / n[5]), "val_word_acc": float(n[2] / n[5]),
+                "val_bleu": float(n[3] / n[5])}
 
     def finish(self, model, run_dir: Path) -> None:
         raw = getattr(model, "module", model)
@@ -192,8 +199,8 @@ class Caption(Objective):
         raw.train(was_training)
         (run_dir / "captions.json").write_text(json.dumps(result, indent=2) + "\n")
         g, b = result["greedy"], result[f"beam{BEAM}"]
-        self.log(f"held-out captions: greedy exact {g['exact']:.4f} / per token {g['token_acc']:.4f} / BLEU-4 "
-                 f"{g['bleu']:.1f}; beam {BEAM}: {b['exact']:.4f} / {b['token_acc']:.4f} / {b['bleu']:.1f}")
+        self.log(f"held-out captions: greedy exact {g['exact']:.4f} / per word {g['word_acc']:.4f} / BLEU-4 "
+                 f"{g['bleu']:.1f}; beam {BEAM}: {b['exact']:.4f} / {b['word_acc']:.4f} / {b['bleu']:.1f}")
         if "attention" in result:
             self.log(f"attention: the largest cross-attention weight lies on the digit being written for "
                      f"{result['attention']['argmax_in_span']:.3f} of the held-out digits")

@@ -98,7 +98,7 @@ RECIPES = {"deit": dict(rand_magnitude=9.0, mixup=0.8, cutmix=1.0, erase=0.25, l
 
 def default_model(data: str, objective: str | None = None) -> str:
     if objective in ("seq2seq", "caption"):
-        return "transformer_small" if objective == "seq2seq" else "caption_vit_pico_patch4"
+        return "transformer_small" if objective == "seq2seq" else "caption_resnet_pico"
     return {"digits": "vit_pico_patch2_8", "mnist": "vit_pico_patch4_28"}.get(data, "vit_tiny_patch16_224")
 
 
