@@ -65,21 +65,23 @@ def test_compare_timm_same_weights(timm, tiny_vit, monkeypatch):
 
 def test_compare_times_the_other_paths_and_names_the_best(timm, tiny_vit):
     r = bench.compare("vit_tiny_patch16_224", mode="infer", micro_batch=1, **FAST, **tiny_vit)["infer"]
-    assert list(r["paths"]) == ["eager", "micro-batch 1", "bf16 autocast"]
+    assert list(r["paths"]) == ["eager", "micro-batch 1", "bf16 autocast", "int8 dynamic"]
     for p in r["paths"].values():
         assert len(p["ratios"]) == 2 and math.isfinite(p["ratio"]) and p["ratio"] > 0
         assert 0.0 <= p["top1_agreement"] <= 1.0
         _positive(p["vitkit"])
-    eager, micro, bf16 = r["paths"].values()
+    eager, micro, bf16, int8 = r["paths"].values()
     assert eager["ratio"] == r["ratio"]  # the headline ratio is the eager one
-    assert eager["dtype"] == micro["dtype"] == "fp32" and bf16["dtype"] == "bf16"
+    assert eager["dtype"] == micro["dtype"] == "fp32" and (bf16["dtype"], int8["dtype"]) == ("bf16", "int8")
     assert eager["max_abs_logit_diff"] <= 1e-4 and micro["max_abs_logit_diff"] <= 1e-4
     assert bf16["max_abs_logit_diff"] > 1e-4  # bf16 cannot keep fp32 parity; the record says how far it is
+    assert 1e-4 < int8["max_abs_logit_diff"] < 1.0  # nor can int8; but it computes the same function
     assert r["best_ratio"] == max(p["ratio"] for p in r["paths"].values())
     assert r["paths"][r["best_path"]]["ratio"] == r["best_ratio"]
     assert r["best_fp32_path"] in ("eager", "micro-batch 1")
     assert r["best_fp32_ratio"] == max(eager["ratio"], micro["ratio"])
-    r = bench.compare("vit_tiny_patch16_224", mode="infer", micro_batch=0, bf16_path=False, **FAST, **tiny_vit)
+    r = bench.compare("vit_tiny_patch16_224", mode="infer", micro_batch=0, bf16_path=False, int8_path=False, **FAST,
+                      **tiny_vit)
     assert list(r["infer"]["paths"]) == ["eager"] and r["infer"]["best_path"] == "eager"
 
 

@@ -379,7 +379,7 @@ def _ratio_summary(ours: list[float], theirs: list[float], batch: int) -> dict:
 def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | None = None,
             device: str | None = "cpu", dtype: str = "fp32", compile: bool | str = False, warmup: int = 2,
             iters: int = 10, atol: float = 1e-4, micro_batch: int | str | None = "auto", bf16_path: bool = True,
-            **overrides) -> dict:
+            int8_path: bool = True, **overrides) -> dict:
     """vitkit against timm, same weights, same process, alternating rounds.
 
     Returns {'model', 'max_abs_logit_diff', 'logits_checked_atol', 'infer': {...}, 'train': {...}} where each
@@ -389,7 +389,9 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
     'infer' also holds 'paths': the same figures for each way vitkit ran, each against timm's model(x), with the
     path's 'dtype' and its logits' 'max_abs_logit_diff' and 'top1_agreement' against timm's: 'eager' or 'compiled'
     (model(x)); 'micro-batch N' (the batch N images at a time; on the CPU unless micro_batch resolves to none, see
-    `resolve_micro_batch`; never with compile); 'bf16 autocast' (CPU, fp32 runs, not compiled, with bf16_path).
+    `resolve_micro_batch`; never with compile); 'bf16 autocast' (CPU, fp32 runs, not compiled, with bf16_path);
+    'int8 dynamic' (the same, with int8_path: vitkit.quantize.quantize_int8, whose top1_agreement with timm's fp32
+    logits is the figure to read beside it).
     Then 'best_path' / 'best_ratio' over all paths and 'best_fp32_path' / 'best_fp32_ratio' over the fp32 ones.
     """
     if mode not in MODES:
@@ -412,6 +414,10 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
         if bf16_path and dev.type == "cpu" and dtype == "fp32" and not compile:
             paths["bf16 autocast"] = ("vitkit bf16", "bf16")
             steps["vitkit bf16"] = _infer_step(ours, x, dev, "bf16")
+        if int8_path and dev.type == "cpu" and dtype == "fp32" and not compile:
+            from .quantize import quantize_int8
+            paths["int8 dynamic"] = ("vitkit int8", "int8")
+            steps["vitkit int8"] = _infer_step(quantize_int8(ours), x, dev, "fp32")
         t = _alternate(steps, warmup=warmup, iters=iters, device=dev)
         result["infer"] = _ratio_summary(t["vitkit"], t["timm"], batch)
         reference = steps["timm"]().float()
@@ -441,7 +447,8 @@ def compare(name: str, *, mode: str = "both", batch: int = 32, img_size: int | N
 def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype: str = "fp32",
               compile: bool | str = False, device: str | None = "cpu", runtime: str = "torch", mode: str = "both",
               compare_with: str | None = None, warmup: int = 2, iters: int = 10,
-              micro_batch: int | str | None = "auto", bf16_path: bool = True, **overrides) -> dict:
+              micro_batch: int | str | None = "auto", bf16_path: bool = True, int8_path: bool = True,
+              **overrides) -> dict:
     """One machine-readable record of a model's speed: environment, per-mode figures, MFU on CUDA, and the
     comparison with timm when `compare_with='timm'`. Inference with PyTorch on the CPU is also timed in
     micro-batches ('infer_micro', or the 'micro-batch N' path of the comparison) unless micro_batch is 0."""
@@ -471,7 +478,8 @@ def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype:
     record["matmul_peak_flops_bf16"] = peak
     if compare_with == "timm":
         cmp = compare(name, mode=mode, batch=batch, device=str(dev), dtype=dtype, compile=compile,
-                      warmup=warmup, iters=iters, micro_batch=micro_batch, bf16_path=bf16_path, **overrides)
+                      warmup=warmup, iters=iters, micro_batch=micro_batch, bf16_path=bf16_path, int8_path=int8_path,
+                      **overrides)
         record["compare"] = cmp
         for m in ("infer", "train"):
             if m in cmp:

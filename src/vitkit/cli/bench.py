@@ -37,6 +37,9 @@ def add_parser(sub, name):
                         "keep the largest activation within 16 MiB, on the CPU only; 0: don't")
     p.add_argument("--no-bf16-path", dest="bf16_path", action="store_false",
                    help="with --compare on the CPU in fp32, don't also time vitkit under bf16 autocast")
+    p.add_argument("--no-int8-path", dest="int8_path", action="store_false",
+                   help="with --compare on the CPU in fp32, don't also time vitkit's int8 path (dynamic quantisation "
+                        "of the Linear layers: vitkit predict --int8)")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first (default: 2)")
     p.add_argument("--iters", type=int, default=10, help="timed batches, or A/B rounds with --compare (default: 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -68,7 +71,8 @@ def _line(label: str, r: dict) -> str:
 def run(args) -> int:
     record = run_bench(args.model, batch=args.batch, img_size=args.img_size, dtype=args.dtype, compile=args.compile,
                        device=args.device, runtime=args.runtime, mode=args.mode, compare_with=args.compare,
-                       warmup=args.warmup, iters=args.iters, micro_batch=args.micro_batch, bf16_path=args.bf16_path)
+                       warmup=args.warmup, iters=args.iters, micro_batch=args.micro_batch, bf16_path=args.bf16_path,
+                       int8_path=args.int8_path)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0

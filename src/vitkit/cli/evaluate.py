@@ -23,6 +23,10 @@ def add_parser(sub, name):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (an .onnx file runs on the CPU)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--int8", action="store_true",
+                   help="also run the model in int8 (a checkpoint: `predict --int8`'s quantisation; an .onnx file: "
+                        "`export --int8`'s) and report its accuracy, its top-1 agreement with fp32 and the largest "
+                        "change of a probability")
 
 
 def _onnx_module(path: str):
@@ -101,10 +105,11 @@ def run(args) -> int:
     loader = DataLoader(Transformed(dataset, eval_transform(record)), batch_size=args.batch_size)
     res = evaluate(model, loader, len(names), device)
     top5 = res.top5 if len(names) > 5 else None  # with 5 classes or fewer, every label is in the top 5
+    int8 = _int8(args, model, loader) if args.int8 else None
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "data": args.data or record.get("source"),
                           "images": res.count, "loss": res.loss, "top1": res.top1, "top5": top5, "classes": names,
-                          "confusion": res.confusion.tolist()}))
+                          "confusion": res.confusion.tolist(), **({"int8": int8} if int8 else {})}))
         return 0
     split_name = "all images" if args.data else (f"validation folder {record['val_data']}" if record.get("val_data")
                                                  else f"validation split ({record['val_fraction']:.0%}, seed "
@@ -114,4 +119,21 @@ def run(args) -> int:
     print("confusion matrix (rows: true class, columns: predicted):")
     for line in confusion_lines(names, res.confusion.tolist()):
         print(line)
+    if int8:
+        print(f"int8 ({int8['path']}): top-1 {int8['top1_candidate']:.4f} (fp32 {int8['top1_reference']:.4f}, "
+              f"{int8['top1_drop_points']:+.2f} points lost), same top-1 as fp32 on {100 * int8['top1_agreement']:.2f}% "
+              f"of the images, probabilities changed by at most {int8['max_prob_drift']:.4f} (mean "
+              f"{int8['mean_prob_drift']:.1e})")
     return 0
+
+
+def _int8(args, model, loader) -> dict:
+    """The int8 form of the model against the model itself, on the same loader (CPU)."""
+    from ..quantize import compare_predictions, quantize_int8, quantize_onnx_int8
+    if Path(args.checkpoint).suffix.lower() == ".onnx":
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            quantized, _, _ = _onnx_module(str(quantize_onnx_int8(args.checkpoint, Path(tmp) / "int8.onnx")))
+            return {"path": "onnxruntime dynamic quantisation", **compare_predictions(model, quantized, loader)}
+    model = model.cpu().eval()
+    return {"path": "PyTorch dynamic quantisation", **compare_predictions(model, quantize_int8(model), loader)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 SPLIT_FIELDS = ("source", "seed", "val_fraction", "class_filter")
 
@@ -24,6 +25,10 @@ def add_parser(sub, name):
                                                 "exported at the size it was trained at")
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18); lower ones are converted "
                                              "down where onnx can, or refused with the reason")
+    p.add_argument("--int8", action="store_true",
+                   help="write the Linear layers' weights in int8 (onnxruntime's dynamic quantisation, per channel): "
+                        "a smaller, faster file on the CPU; verified by top-1 agreement with PyTorch's fp32 instead "
+                        "of |Δ| ≤ 1e-4 (`vitkit eval OUT` measures its accuracy)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip running the file in onnxruntime against PyTorch at batch 1 and 5")
 
@@ -45,11 +50,26 @@ def run(args) -> int:
         metadata.update({k: src.record[k] for k in SPLIT_FIELDS if k in src.record})
     print(f"exporting {src.origin}")
     start = time.perf_counter()
-    path = export_onnx(src.model, args.onnx, img_size=(h, w), in_chans=c, opset=args.opset, metadata=metadata)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, input images (B, {c}, {h}, {w}), "
-          f"{time.perf_counter() - start:.1f} s)")
+    if args.int8:
+        import tempfile
+
+        from ..quantize import quantize_onnx_int8, verify_int8_onnx
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(src.model, Path(tmp) / "fp32.onnx", img_size=(h, w), in_chans=c, opset=args.opset,
+                               metadata=metadata)
+            path = quantize_onnx_int8(fp32, args.onnx)
+    else:
+        path = export_onnx(src.model, args.onnx, img_size=(h, w), in_chans=c, opset=args.opset, metadata=metadata)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{', int8 weights' if args.int8 else ''}, input images "
+          f"(B, {c}, {h}, {w}), {time.perf_counter() - start:.1f} s)")
     if args.no_verify:
         print("not verified (--no-verify)")
+        return 0
+    if args.int8:
+        check = verify_int8_onnx(src.model, path)
+        print(f"onnxruntime int8 vs PyTorch fp32 on {check['images']} random images: same top-1 on "
+              f"{100 * check['top1_agreement']:.1f}%, max |Δlogit| {check['max_abs_logit_diff']:.2e} (logits span "
+              f"{check['logit_span']:.2f}); `vitkit eval {path}` gives its accuracy")
         return 0
     diffs = verify_onnx(src.model, path)
     print("onnxruntime vs PyTorch: max |Δ| " + ", ".join(f"{d:.1e} at batch {b}" for b, d in diffs.items()))

@@ -238,10 +238,14 @@ class Attention(AttentionBase):
         if causal:
             raise ValueError("n_queries takes the first tokens as queries; a causal mask needs all of them")
         D = self.num_heads * self.head_dim
-        w, b = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, :n_queries], w[:D], None if b is None else b[:D])
+        if isinstance(self.qkv, nn.Linear):  # project only the queries that are asked for
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, :n_queries], w[:D], None if b is None else b[:D])
+            kv = F.linear(x, w[D:], None if b is None else b[D:])
+        else:  # a quantised qkv (vitkit.quantize) has no weight to split: project all, keep what is needed
+            qkv = self.qkv(x)  # (B, N, 3·D)
+            q, kv = qkv[:, :n_queries, :D], qkv[..., D:]
         q = q.reshape(B, n_queries, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
-        kv = F.linear(x, w[D:], None if b is None else b[D:])
         k, v = kv.reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
         mask, bias = (_first_queries(t, n_queries) for t in (mask, bias))
         return self._attend(q, k, v, mask, bias, causal)
