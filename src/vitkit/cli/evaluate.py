@@ -120,8 +120,8 @@ def run(args) -> int:
     for line in confusion_lines(names, res.confusion.tolist()):
         print(line)
     if int8:
-        print(f"int8 ({int8['path']}): top-1 {int8['top1_candidate']:.4f} (fp32 {int8['top1_reference']:.4f}, "
-              f"{int8['top1_drop_points']:+.2f} points lost), same top-1 as fp32 on {100 * int8['top1_agreement']:.2f}% "
+        print(f"int8 ({int8['path']}): top-1 {int8['top1_candidate']:.4f} (fp32 {int8['top1_reference']:.4f}: "
+              f"{-int8['top1_drop_points']:+.2f} points), the same top-1 as fp32 on {100 * int8['top1_agreement']:.2f}% "
               f"of the images, probabilities changed by at most {int8['max_prob_drift']:.4f} (mean "
               f"{int8['mean_prob_drift']:.1e})")
     return 0

@@ -82,7 +82,12 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, *, kind: st
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+        # The fused kernel updates every parameter of a group in one call: on a small model, where the per-parameter
+        # loop of the default is a sixth of the step, a step is ~15% faster (BENCHMARKS.md, the demo's profile).
+        # Sharded (FSDP) parameters keep the default: the fused kernel does not take DTensors.
+        fused = all(type(p) is nn.Parameter and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                    for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=fused or None)
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {kind!r}")
 
 
