@@ -43,7 +43,7 @@ from .plan import EpochPlan, EvalShards
 from .shard import spread
 from .state import clear_run, remove_orphans, resume_config
 
-PLOT_EVERY_S = 10.0  # metrics.png is redrawn at most this often (drawing costs ~0.1 s), and after the last epoch
+PLOT_EVERY_S = 30.0  # metrics.png is redrawn at most this often (drawing costs 0.3–0.8 s), and after the last epoch
 
 
 class RunExistsError(FileExistsError):
