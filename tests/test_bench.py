@@ -194,3 +194,15 @@ def test_compile_modes(tiny_vit):
         bench.maybe_compile(model, "fastest")
     compiled = bench.maybe_compile(model.eval(), "max-autotune-no-cudagraphs")
     assert compiled is not model and hasattr(compiled, "_orig_mod")  # compiled lazily, on its first call
+
+
+def test_cli_warns_that_bf16_is_slow_on_a_cpu_without_native_bf16(capsys, monkeypatch):
+    import vitkit.infer
+    monkeypatch.setattr(vitkit.infer, "cpu_runs_bf16_fast", lambda: False)
+    argv = ["bench", "vit_pico_patch2_8", "--dtype", "bf16", "--device", "cpu", "--batch", "2", "--iters", "1",
+            "--warmup", "0", "--mode", "infer", "--micro-batch", "0"]
+    assert main(argv) == 0
+    assert "neither AMX nor AVX-512 BF16" in capsys.readouterr().err
+    monkeypatch.setattr(vitkit.infer, "cpu_runs_bf16_fast", lambda: True)
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..analysis.cost import human_bytes
 from ..bench import COMPILE_MODES, DTYPES, MODES, run_bench
@@ -69,6 +70,14 @@ def _line(label: str, r: dict) -> str:
 
 
 def run(args) -> int:
+    if args.dtype == "bf16" and args.device != "cuda":
+        import torch
+
+        from ..infer import cpu_runs_bf16_fast
+        if not torch.cuda.is_available() and cpu_runs_bf16_fast() is False:
+            print("vitkit bench: warning: this CPU has neither AMX nor AVX-512 BF16, where bf16 autocast runs several "
+                  "times slower than fp32; timing it anyway, as asked (drop --dtype bf16 for the fast path)",
+                  file=sys.stderr)
     record = run_bench(args.model, batch=args.batch, img_size=args.img_size, dtype=args.dtype, compile=args.compile,
                        device=args.device, runtime=args.runtime, mode=args.mode, compare_with=args.compare,
                        warmup=args.warmup, iters=args.iters, micro_batch=args.micro_batch, bf16_path=args.bf16_path,
