@@ -9,21 +9,14 @@ validation split has ~500 images. Every run is an ordinary `vitkit.train` run un
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 
 import torch
 
+from vitkit.bench import cpu_name  # noqa: F401  (the other study scripts import it from here)
 from vitkit.train import TrainConfig, train
 
 MODEL = "vit_pico_patch4_28"
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ from typing import Callable
 
 import torch
 
-from vitkit.bench import (COMPILE_MODES, _cpu_name, compare, import_timm, matmul_peak_flops, mfu,
+from vitkit.bench import (COMPILE_MODES, cpu_name, compare, import_timm, matmul_peak_flops, mfu,
                           model_flops_per_image)
 
 PARTS = ("vit_b16_infer", "vit_b16_train", "swin_t_infer", "data_wait", "torchrun")
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     try:
         timm_version = import_timm().__version__
     except RuntimeError as e:

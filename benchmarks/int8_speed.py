@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from vitkit.bench import _cpu_name, build_pair
+from vitkit.bench import cpu_name, build_pair
 from vitkit.export import OnnxClassifier, export_onnx
 from vitkit.quantize import quantize_int8, quantize_onnx_int8
 
@@ -34,7 +34,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ours, timm_model, diff = build_pair(args.model)
     size = ours.cfg.img_size
-    print(f"{args.model}, {_cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; fp32 parity with "
+    print(f"{args.model}, {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; fp32 parity with "
           f"timm {diff:.1e}")
     with tempfile.TemporaryDirectory() as tmp:
         fp32_file = export_onnx(ours, f"{tmp}/fp32.onnx", img_size=size, in_chans=3)

@@ -471,7 +471,7 @@ def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype:
     record = {"model": name, "batch": batch, "img_size": img_size, "dtype": dtype, "compile": compile,
               "device": str(dev), "runtime": runtime, "mode": mode, "warmup": warmup, "iters": iters,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()}
+              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()}
     flops = model_flops_per_image(name, **overrides)
     record["flops_per_image"] = flops
     peak = matmul_peak_flops(dev) if dev.type == "cuda" else None
@@ -509,7 +509,8 @@ def run_bench(name: str, *, batch: int = 32, img_size: int | None = None, dtype:
     return record
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (what every figure names), or the platform's processor field."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -521,5 +522,5 @@ def _cpu_name() -> str:
 
 
 __all__ = ["COMPILE_MODES", "DTYPES", "MODES", "PeakMemory", "bench_inference", "bench_onnxruntime",
-           "bench_train_step", "build_pair", "compare", "import_timm", "matmul_peak_flops", "mfu",
+           "bench_train_step", "build_pair", "compare", "cpu_name", "import_timm", "matmul_peak_flops", "mfu",
            "model_flops_per_image", "quartiles", "resolve_micro_batch", "run_bench", "time_calls"]

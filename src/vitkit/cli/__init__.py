@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "images/s and peak memory for inference and a training step"),
     "decode": ("decode", "decode sequences from standard input with a seq2seq checkpoint"),
     "caption": ("caption", "caption images with a captioning checkpoint (greedy or beam search)"),
+    "study": ("study", "reproduce one of the lectures' claims: figures, a report and a verdict"),
 }
 
 DESCRIPTION = """\
