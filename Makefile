@@ -30,7 +30,7 @@ browser:
 	  echo "chromium not installed: the browser test will be skipped"; }
 
 demo: install
-	$(VENV)/bin/vitkit train --name demo --epochs 100 --overwrite
+	$(VENV)/bin/vitkit train --name demo --epochs 120 --batch-size 128 --lr 4e-3 --overwrite
 	$(VENV)/bin/vitkit data export digits runs/demo/held_out --split val --count 6 --seed 0
 	$(VENV)/bin/vitkit predict runs/demo/best.safetensors runs/demo/held_out/*/*.png --top-k 3
 
