@@ -148,3 +148,18 @@ def test_a_sequence_longer_than_the_sinusoid_table_is_refused():
     model = small()
     with pytest.raises(ValueError, match="longer than max_len 64"):
         model.encode(torch.randint(3, 13, (1, 65)))
+
+
+def test_the_kv_cache_grows_past_its_buffer_and_reorders_rows_like_a_concatenation():
+    from vitkit.layers import KVCache
+    cache, ks, vs = KVCache(), [], []
+    for step in range(40):  # past the first buffer (16) and its doubling (34)
+        k, v = torch.randn(3, 2, 1 if step else 5, 4), torch.randn(3, 2, 1 if step else 5, 4)
+        ks.append(k), vs.append(v)
+        got_k, got_v = cache.append(k, v)
+        assert torch.equal(got_k, torch.cat(ks, dim=-2)) and torch.equal(got_v, torch.cat(vs, dim=-2))
+        if step == 20:  # beam search keeps rows 2, 0, 0
+            index = torch.tensor([2, 0, 0])
+            cache.select(index)
+            ks, vs = [torch.cat(ks, dim=-2).index_select(0, index)], [torch.cat(vs, dim=-2).index_select(0, index)]
+    assert len(cache) == 44

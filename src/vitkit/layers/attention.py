@@ -100,7 +100,7 @@ def attend(
         (talking-heads attention mixes heads there). Either one forces the explicit path.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if causal:
+    if causal and q.shape[-2] > 1:  # one query aligned to the end (a cached decoding step) may see every key
         mask = merge_masks(mask, causal_mask(q.shape[-2], k.shape[-2], device=q.device))
     mask = merge_masks(mask, bias)
 
@@ -161,25 +161,41 @@ class AttentionRecorder:
 
 
 class KVCache:
-    """One attention layer's keys and values, (B, H, N, hd) each, kept between decoding steps."""
+    """One attention layer's keys and values, (B, H, N, hd) each, kept between decoding steps.
+
+    Self-attention appends to buffers that double when full, so a step writes its own positions instead of
+    copying all of them again (as a concatenation would); `k` and `v` are views of the filled part."""
 
     def __init__(self):
         self.k: Tensor | None = None
         self.v: Tensor | None = None
+        self.unmasked = False  # cross-attention: its mask allows every key on every row, so later steps skip it
+        self._buffers: tuple[Tensor, Tensor] | None = None  # (B, H, capacity, hd) each, for `append`
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add the new positions' keys and values; returns all of them."""
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=-2), torch.cat([self.v, v], dim=-2)
-        self.k, self.v = k, v
-        return k, v
+        n, t = len(self), k.shape[-2]
+        if self._buffers is None or n + t > self._buffers[0].shape[-2]:
+            capacity = max(16, 2 * (n + t))
+            grown = tuple(x.new_empty(*x.shape[:-2], capacity, x.shape[-1]) for x in (k, v))
+            if n:
+                grown[0][..., :n, :], grown[1][..., :n, :] = self.k, self.v
+            self._buffers = grown
+        bk, bv = self._buffers
+        bk[..., n:n + t, :], bv[..., n:n + t, :] = k, v
+        self.k, self.v = bk[..., :n + t, :], bv[..., :n + t, :]
+        return self.k, self.v
 
     def select(self, index: Tensor) -> None:
         """Keep the batch rows `index` (in that order): beam search reorders its hypotheses so."""
-        if self.k is not None:
+        if self._buffers is not None:
+            n = len(self)
+            self._buffers = tuple(b.index_select(0, index) for b in self._buffers)
+            self.k, self.v = self._buffers[0][..., :n, :], self._buffers[1][..., :n, :]
+        elif self.k is not None:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
@@ -270,12 +286,14 @@ class CrossAttention(AttentionBase):
         q = self.q(x).reshape(B, Nq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Nq, hd)
         if cache is not None and cache.k is not None:
             k, v = cache.k, cache.v
+            mask = None if cache.unmasked else mask  # (a selection of rows keeps an all-True mask all True)
         else:
             Nk = context.shape[1]
             kv = self.kv(context).reshape(B, Nk, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             k, v = kv.unbind(0)  # each (B, H, Nk, hd)
             if cache is not None:
                 cache.k, cache.v = k, v
+                cache.unmasked = mask is None or (mask.dtype == torch.bool and bool(mask.all()))
         return self._attend(q, k, v, mask, bias, causal)
 
 
