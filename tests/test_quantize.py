@@ -121,3 +121,17 @@ def test_export_int8_writes_a_smaller_file_that_eval_and_predict_read(digits_run
     image = str(export_images(load_embedded("digits"), tmp / "one", indices=[5])[0])
     assert main(["predict", str(int8), image, "--int8"]) == 2  # --int8 quantises PyTorch checkpoints
     assert "vitkit export CKPT --onnx OUT --int8" in capsys.readouterr().err
+
+
+def test_an_int8_file_of_another_model_is_refused(digits_run, tmp_path):
+    from vitkit.infer import load_model
+    from vitkit.quantize import verify_int8_onnx
+    ckpt, tmp = digits_run
+    int8 = tmp_path / "int8.onnx"
+    assert main(["export", str(ckpt), "--onnx", str(int8), "--int8", "--no-verify"]) == 0
+    model = load_model(str(ckpt)).model
+    assert verify_int8_onnx(model, int8)["top1_agreement"] >= 0.75  # its own model: accepted
+    with torch.no_grad():
+        model.head.weight.mul_(-1)  # another model: the answers flip
+    with pytest.raises(QuantizationError, match="strays from the fp32 model"):
+        verify_int8_onnx(model, int8)

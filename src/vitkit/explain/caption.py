@@ -33,13 +33,12 @@ def caption_attention(model: nn.Module, images: Tensor, max_len: int) -> list[tu
     """
     model.eval()
     cfg = model.cfg
-    places = ~torch.isnan(model.token_x())  # (N,)
-    grid = place_grid(model)
+    prefix, gh, gw = model.place_grid()  # the memory: `prefix` non-places, then a gh×gw grid of places
     generated = greedy(model, images, max_len)  # (B, ≤ max_len): ids after BOS, then EOS, then PAD
     out = []
     for b, row in enumerate(generated.tolist()):
         ids = row[:row.index(cfg.eos_id) + 1] if cfg.eos_id in row else row
         tgt = torch.tensor([[cfg.bos_id, *ids[:-1]]], device=images.device)  # (1, T)
         weights = model.align(images[b:b + 1], tgt)[0].float().cpu()  # (T, N)
-        out.append((ids, weights[:, places].reshape(len(ids), *grid)))  # (T, Gh, Gw)
+        out.append((ids, weights[:, prefix:].reshape(len(ids), gh, gw)))  # (T, Gh, Gw)
     return out

@@ -238,10 +238,8 @@ def attention_on_digits(model: nn.Module, ds: strips.DigitStrips, device, most: 
 def attention_figure(model: nn.Module, ds: strips.DigitStrips, path: Path, device, count: int = 4) -> Path:
     """Rows of held-out strips; for each, the strip and, per generated digit, its cross-attention over the memory
     positions drawn on the strip (greedy captions)."""
-    from ..explain import place_grid
     from ..explain.plots import _figure
-    x_of = model.token_x()
-    place = ~torch.isnan(x_of)
+    prefix, gh, gw = model.place_grid()  # the memory: `prefix` non-places, then a gh×gw grid of places
     fig = _figure((2.2 * (strips.MAX_DIGITS + 1), 0.9 * count + 0.4))
     axes = fig.subplots(count, strips.MAX_DIGITS + 1, squeeze=False)
     for r in range(count):
@@ -250,14 +248,13 @@ def attention_figure(model: nn.Module, ds: strips.DigitStrips, path: Path, devic
         tokens = [int(c) for c in caption if int(c) > seq.EOS]
         tgt = torch.tensor([[seq.BOS, *tokens]], device=device)
         weights = model.align(image[None].to(device), tgt).float().cpu()[0]  # (T, N)
-        grid = place_grid(model)
         axes[r][0].imshow(image[0], cmap="gray")
         axes[r][0].set_title(" ".join(ds.vocab.tokens[t] for t in tokens), fontsize=8)
         for c in range(strips.MAX_DIGITS):
             ax = axes[r][c + 1]
             ax.axis("off")
             if c < len(tokens):
-                maps = weights[c][place].reshape(grid)
+                maps = weights[c][prefix:].reshape(gh, gw)
                 ax.imshow(image[0], cmap="gray")
                 ax.imshow(maps, cmap="inferno", alpha=0.6, extent=(0, strips.STRIP[1], strips.STRIP[0], 0))
                 ax.set_title(f"writing '{ds.vocab.tokens[tokens[c]]}'", fontsize=8)
